@@ -1,0 +1,42 @@
+"""The suite's own error type and the helpers that make its messages useful to people.
+
+Every error raised on bad input is a :class:`BnnBenchError` (or a subclass). Its message names the bad
+value, what is allowed, and where the value came from (flag, file, key). The CLI prints the message and
+exits non-zero without a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BnnBenchError(Exception):
+    """Base class of every error the suite raises on purpose (bad input, missing data, bad plugin)."""
+
+
+class RegistryError(BnnBenchError):
+    """Unknown or duplicate method/architecture name, or a plugin that failed to load."""
+
+
+class ConfigError(BnnBenchError):
+    """A recipe, override or CLI value that is unknown, mistyped or out of range."""
+
+
+class DataError(BnnBenchError):
+    """A dataset that is missing, malformed or cannot be downloaded."""
+
+
+class RunError(BnnBenchError):
+    """A run that cannot start or cannot continue (unwritable output, corrupt state)."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """Return the registered/allowed name closest to ``name`` or None when nothing is close."""
+    matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Sentence fragment " (did you mean 'x'?)" or "" when nothing is close."""
+    match = closest(name, choices)
+    return f" (did you mean {match!r}?)" if match else ""

@@ -1,0 +1,153 @@
+"""The method plugin API.
+
+A method is a subclass of :class:`Method` registered in :data:`bnnbench.registry.METHODS`::
+
+    from bnnbench.method import Method
+    from bnnbench.registry import METHODS
+
+    @METHODS.register("mymethod")
+    class MyMethod(Method):
+        conv_class = MyConv2d            # a BinaryConv2d subclass
+        hparams = {"beta": 0.5}          # its own hyperparameters with defaults
+
+Everything that distinguishes a method lives in the plugin:
+
+* ``conv_class``: how a binary conv binarises its weight and input (forward + surrogate) and its scale;
+* ``hparams`` / ``presets``: hyperparameters with defaults, and per dataset-family values
+  (``presets = {"cifar": {...}, "imagenet": {...}}``); recipes and the CLI override them;
+* ``prepare(model)``: one-off set-up after the backbone is built and initialised;
+* ``on_epoch_start(model, epoch, epochs)``: per-epoch schedules (ReCU's tau, IR-Net's EDE t/k);
+* ``after_backward(model)``: gradient editing after backward, after AMP unscaling, before the optimizer
+  step (OvSW's AGS + SAD); works with any optimizer because it only edits ``.grad``;
+* ``effective_sign`` (on the conv class): the sign the forward pass really uses, for flip tracking;
+* ``epoch_stats(model)``: extra per-epoch numbers for the run's metrics;
+* ``references()``: its published results, for the leaderboard's paper column.
+
+The engine only ever talks to this interface; it never names a method.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, did_you_mean
+from .layers import BinaryConv2d, binary_layers
+
+
+def check_hparams(values: dict[str, Any], defaults: dict[str, Any], *, owner: str, source: str) -> dict:
+    """Validate ``values`` against the keys and types of ``defaults``; return a converted copy."""
+    out = {}
+    for key, value in (values or {}).items():
+        if key not in defaults:
+            raise ConfigError(f"unknown hyperparameter {key!r} for {owner} (from {source})"
+                              f"{did_you_mean(key, defaults)}; allowed: {', '.join(sorted(defaults)) or '(none)'}")
+        out[key] = coerce(value, defaults[key], what=f"{owner}.{key}", source=source)
+    return out
+
+
+def coerce(value: Any, default: Any, *, what: str, source: str) -> Any:
+    """Convert ``value`` to the type of ``default`` (int -> float allowed; bool is strict)."""
+    def bad(kind: str):
+        return ConfigError(f"{what} = {value!r} (from {source}) must be {kind}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        return type(default)(value)
+    return value
+
+
+class Method:
+    """Base class of every BNN training method (see the module docstring for the contract)."""
+
+    #: registry name, set by the subclass
+    name: ClassVar[str] = ""
+    #: paper title, venue and year
+    paper: ClassVar[str] = ""
+    #: the BinaryConv2d subclass this method builds
+    conv_class: ClassVar[type[BinaryConv2d]] = BinaryConv2d
+    #: hyperparameters and their defaults
+    hparams: ClassVar[dict[str, Any]] = {}
+    #: per dataset family ("cifar", "imagenet") hyperparameter values that replace the defaults
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: published results a third-party plugin ships itself (built-ins keep theirs in results/reference.yaml)
+    published: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, family: str | None = None, overrides: dict[str, Any] | None = None,
+                 source: str = "method defaults"):
+        hp = copy.deepcopy(dict(self.hparams))
+        if family and family in self.presets:
+            hp.update(check_hparams(self.presets[family], self.hparams, owner=self.name,
+                                    source=f"{self.name} preset {family!r}"))
+        hp.update(check_hparams(overrides or {}, self.hparams, owner=self.name, source=source))
+        self.hp = hp
+        self.family = family
+
+    # --- building ---------------------------------------------------------------------------------------
+    def conv(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, **kw) -> BinaryConv2d:
+        """A binary conv of this method (architectures call this for every binarised conv)."""
+        return self.conv_class(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                               hparams=self.hp, **kw)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once after the backbone has been built and initialised."""
+
+    # --- training hooks ----------------------------------------------------------------------------------
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Called before training epoch ``epoch`` (0-based) of ``epochs``."""
+
+    #: set to True by methods that override :meth:`after_backward`
+    edits_gradients: ClassVar[bool] = False
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Edit ``.grad`` in place after backward and AMP unscaling, before the optimizer step."""
+
+    def epoch_stats(self, model: nn.Module) -> dict[str, float]:
+        """Extra numbers logged once per epoch (e.g. OvSW's EMA silent fraction)."""
+        return {}
+
+    # --- metadata ----------------------------------------------------------------------------------------
+    @classmethod
+    def references(cls) -> list[dict[str, Any]]:
+        """Published results: dicts with dataset, backbone, top1, top5, epochs, source."""
+        from .references import load_references
+        return [r for r in load_references() if r["method"] == cls.name] + list(cls.published)
+
+    @staticmethod
+    def layers(model: nn.Module, kind: type[BinaryConv2d] = BinaryConv2d) -> list[BinaryConv2d]:
+        return [m for _, m in binary_layers(model) if isinstance(m, kind)]
+
+    def describe(self) -> str:
+        return (self.__doc__ or self.name).strip().splitlines()[0]
+
+
+def filter_stats(w: torch.Tensor, *, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-filter mean and variance of a conv weight, shaped to broadcast against it."""
+    dims = tuple(range(1, w.dim()))
+    return w.mean(dim=dims, keepdim=True), w.var(dim=dims, keepdim=True, unbiased=unbiased)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a :class:`Method` subclass under its ``name``."""
+    from .registry import METHODS
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register_method expects a Method subclass, got {cls!r}")
+    return METHODS.register(cls.name, cls)

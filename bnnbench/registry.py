@@ -1,0 +1,169 @@
+"""Registries of methods and architectures, and plugin discovery.
+
+Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live in the top-level packages
+``methods/`` and ``architectures/`` (one module each, imported in name order); third-party plugins come from
+the entry-point groups ``bnnbench.methods`` / ``bnnbench.architectures`` or from an explicit file path or
+module name (:func:`load_plugin`, ``--plugin`` on the CLI). A plugin that fails to import raises
+:class:`~bnnbench.errors.RegistryError` naming the plugin and the original error: nothing is swallowed.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from .errors import RegistryError, did_you_mean
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object mapping with loud errors for duplicates and unknown names."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._origin: dict[str, str] = {}
+
+    def register(self, name: str, obj: T | None = None, *, origin: str | None = None):
+        """Register ``obj`` under ``name``; usable as ``@REG.register("name")`` on a class or function."""
+        if obj is None:
+            return lambda o: self.register(name, o, origin=origin)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise RegistryError(f"{self.kind} name {name!r} is not allowed: use a Python identifier "
+                                f"(letters, digits, underscore), e.g. 'my_method'")
+        if name in self._items:
+            raise RegistryError(
+                f"duplicate {self.kind} name {name!r}: already registered by {self._origin[name]}; "
+                f"the second registration came from {origin or _caller_origin()}. Pick another name.")
+        self._items[name] = obj
+        self._origin[name] = origin or _caller_origin()
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+        self._origin.pop(name, None)
+
+    def get(self, name: str, *, source: str = "") -> T:
+        """The object registered as ``name``; unknown names raise with the list and the closest match."""
+        ensure_builtins()
+        if name not in self._items:
+            where = f" (from {source})" if source else ""
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}{where}{did_you_mean(name, self._items)}; "
+                f"registered {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        ensure_builtins()
+        return sorted(self._items)
+
+    def origin(self, name: str) -> str:
+        return self._origin[name]
+
+    def __contains__(self, name: object) -> bool:
+        ensure_builtins()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _caller_origin() -> str:
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if "registry.py" not in frame.filename:
+            return f"{frame.filename}:{frame.lineno}"
+    return "<unknown>"
+
+
+METHODS: Registry[Any] = Registry("method")
+ARCHITECTURES: Registry[Any] = Registry("architecture")
+
+_GROUPS = {"bnnbench.methods": METHODS, "bnnbench.architectures": ARCHITECTURES}
+_BUILTIN_PACKAGES = ("methods", "architectures")
+_state = {"loaded": False, "loading": False}
+_loaded_plugins: dict[str, str] = {}
+
+
+def ensure_builtins() -> None:
+    """Import every built-in plugin module and every installed entry point (once)."""
+    if _state["loaded"] or _state["loading"]:
+        return
+    _state["loading"] = True
+    try:
+        for package in _BUILTIN_PACKAGES:
+            pkg = _import(package, f"built-in plugin package {package!r}")
+            for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+                if not info.name.startswith("_"):
+                    _import(f"{package}.{info.name}", f"built-in plugin {package}/{info.name}.py")
+        for group in _GROUPS:
+            for ep in metadata.entry_points(group=group):
+                try:
+                    ep.load()
+                except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
+                    raise RegistryError(f"plugin entry point {ep.name!r} = {ep.value!r} (group {group}) "
+                                        f"failed to load: {type(exc).__name__}: {exc}") from exc
+        _state["loaded"] = True
+    finally:
+        _state["loading"] = False
+
+
+def _import(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def load_plugin(spec: str) -> str:
+    """Load a third-party plugin from a ``.py`` file path or an importable module name.
+
+    The plugin registers itself on import (``@METHODS.register(...)``). Loading the same file twice is a
+    no-op. Returns the module name it was imported as.
+    """
+    ensure_builtins()
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        path = path.resolve()
+        if not path.is_file():
+            raise RegistryError(f"--plugin {spec!r}: no such file; give a .py file or an importable "
+                                f"module name (e.g. mypkg.my_method)")
+        key = str(path)
+        if key in _loaded_plugins:
+            return _loaded_plugins[key]
+        mod_name = f"bnnbench_plugin_{path.stem}_{abs(hash(key)) % 10**8}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise RegistryError(f"--plugin {spec!r}: cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except RegistryError:
+            del sys.modules[mod_name]
+            raise
+        except SyntaxError as exc:
+            del sys.modules[mod_name]
+            raise RegistryError(f"plugin file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
+        except Exception as exc:  # noqa: BLE001
+            del sys.modules[mod_name]
+            raise RegistryError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        _loaded_plugins[key] = mod_name
+        return mod_name
+    if spec in _loaded_plugins:
+        return _loaded_plugins[spec]
+    _import(spec, f"plugin module {spec!r} (from --plugin)")
+    _loaded_plugins[spec] = spec
+    return spec
+
+
+def registered(kind: str) -> Callable[[str], Any]:
+    return {"method": METHODS.register, "architecture": ARCHITECTURES.register}[kind]

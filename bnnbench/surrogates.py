@@ -1,0 +1,113 @@
+"""Sign with the backward surrogates ("straight-through estimators") used by 1-bit networks.
+
+All forward passes are ``torch.sign`` (so sign(0) = 0, as in every reference implementation). They differ
+only in the factor g'(u) that multiplies the incoming gradient in the backward pass:
+
+========================  =======================================  =================================
+name                      backward factor g'(u)                    paper
+========================  =======================================  =================================
+:func:`sign_ste`          1                                         Bengio et al. 2013; Courbariaux 2016
+:func:`sign_clipped`      1[|u| <= 1]                               Hubara et al. 2016 / XNOR-Net 2016
+:func:`sign_approx`       max(0, 2 - 2|u|)                          Bi-Real Net (Liu et al., ECCV 2018)
+:func:`sign_ede`          k * t * (1 - tanh^2(t u))                 IR-Net (Qin et al., CVPR 2020)
+========================  =======================================  =================================
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor) -> Tensor:
+        return torch.sign(u)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g
+
+
+class _SignClipped(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor) -> Tensor:
+        ctx.save_for_backward(u)
+        return torch.sign(u)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (u,) = ctx.saved_tensors
+        return g * (u.abs() <= 1).to(g.dtype)
+
+
+class _SignApprox(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor) -> Tensor:
+        ctx.save_for_backward(u)
+        return torch.sign(u)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (u,) = ctx.saved_tensors
+        return g * torch.clamp(2.0 - 2.0 * u.abs(), min=0.0).to(g.dtype)
+
+
+class _SignEDE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(u, t, k)
+        return torch.sign(u)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        u, t, k = ctx.saved_tensors
+        factor = k * t * (1.0 - torch.tanh(t * u) ** 2)
+        return g * factor.to(g.dtype), None, None
+
+
+def sign_ste(u: Tensor) -> Tensor:
+    """Sign with the identity straight-through estimator.
+
+    forward: ``sign(u)``; backward: ``dL/du = dL/dy``.
+    Bengio, Leonard, Courville, "Estimating or propagating gradients through stochastic neurons", 2013.
+    Used for weights by ReCU and OvSW.
+    """
+    return _SignSTE.apply(u)
+
+
+def sign_clipped(u: Tensor) -> Tensor:
+    """Sign with the clipped identity estimator.
+
+    forward: ``sign(u)``; backward: ``dL/du = dL/dy * 1[|u| <= 1]`` (the edges u = +-1 pass the gradient,
+    as the derivative of ``clamp(u, -1, 1)`` does in PyTorch).
+    Hubara et al., "Binarized Neural Networks", NeurIPS 2016; Rastegari et al., "XNOR-Net", ECCV 2016.
+    XNOR-Net-PyTorch passes only |u| < 1; the two differ on a set of measure zero.
+    """
+    return _SignClipped.apply(u)
+
+
+def sign_approx(u: Tensor) -> Tensor:
+    """Sign with Bi-Real Net's ApproxSign estimator.
+
+    forward: ``sign(u)``; backward: ``dL/du = dL/dy * max(0, 2 - 2|u|)``, i.e. 2 + 2u on [-1, 0),
+    2 - 2u on [0, 1) and 0 elsewhere: the derivative of the piecewise polynomial
+    F(u) = -1 (u < -1), u^2 + 2u (-1 <= u < 0), -u^2 + 2u (0 <= u < 1), 1 (u >= 1).
+    Liu et al., "Bi-Real Net", ECCV 2018. Used for activations by Bi-Real, ReCU and OvSW.
+    """
+    return _SignApprox.apply(u)
+
+
+def sign_ede(u: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
+    """Sign with IR-Net's Error Decay Estimator.
+
+    forward: ``sign(u)``; backward: ``dL/du = dL/dy * k * t * (1 - tanh^2(t u))``, the derivative of
+    ``k * tanh(t u)``. t grows and k shrinks over training (see ``methods/irnet.py``).
+    Qin et al., "Forward and Backward Information Retention for Accurate Binary Neural Networks"
+    (IR-Net), CVPR 2020.
+    """
+    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
+    k = torch.as_tensor(k, dtype=u.dtype, device=u.device)
+    return _SignEDE.apply(u, t, k)
+
+
+SURROGATES = {"ste": sign_ste, "clipped": sign_clipped, "approx": sign_approx}
