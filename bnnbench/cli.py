@@ -1,0 +1,255 @@
+"""Command line: ``run_bench.py`` (also installed as the ``run_bench`` console script).
+
+    run_bench.py --methods M [M ...] [--archs A ...] [--recipe R] [--track unified|paper] [--seeds N]
+                 [--epochs E] [--set key=value ...] [--hp method.key=value ...] [--data-root DIR]
+                 [--device auto|cpu|cuda] [--out DIR] [--plugin PATH_OR_MODULE] [--force] [--dry-run]
+    run_bench.py --list
+    run_bench.py report [--out DIR] [--format rich|md|csv|latex|json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import BnnBenchError, ConfigError
+from .paths import default_data_root
+
+EXIT_BAD_INPUT, EXIT_RUN_FAILED = 2, 3
+
+
+def _console():
+    from rich.console import Console
+    console = Console(highlight=False)
+    if not console.is_terminal:  # logs and CI: wide enough for the leaderboard, no wrapping of long lines
+        console = Console(highlight=False, width=220)
+    return console
+
+
+def _warn_to(console):
+    return lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", soft_wrap=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py", description="Train and compare 1-bit (1W1A) BNN methods "
+                                "on shared backbones under standardized recipes.")
+    p.add_argument("--methods", nargs="+", metavar="M", help="methods to run, or 'all'")
+    p.add_argument("--archs", nargs="+", metavar="A", help="backbones (default: the recipe's)")
+    p.add_argument("--recipe", help="recipe name (recipes/<name>.yaml) or path (default: digits-cresnet20)")
+    p.add_argument("--track", default="unified", help="unified (one recipe for all) or paper (each method's own)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds per method x backbone (default 1)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded, shown in tables)")
+    p.add_argument("--set", dest="sets", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override recipe training settings, e.g. --set train_subset=10000 batch_size=128")
+    p.add_argument("--hp", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
+    p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="load a third-party method/architecture plugin (repeatable)")
+    p.add_argument("--force", action="store_true", help="rerun runs that are already done")
+    p.add_argument("--dry-run", action="store_true", help="show the run matrix and what would run")
+    p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
+    p.add_argument("--list", action="store_true", help="list methods, backbones and recipes")
+    return p
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py report", description="Rebuild the leaderboard from run "
+                                "directories alone.")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json"])
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE")
+    return p
+
+
+def parse_assignments(items: list[str], flag: str) -> list[tuple[str, object]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def cmd_list(console) -> int:
+    from .recipes import load_recipe, recipe_names
+    from .registry import ARCHITECTURES, METHODS
+    console.print("[bold]methods[/bold]")
+    for name in METHODS.names():
+        console.print(f"  {name:12s} {METHODS.get(name)().describe()}")
+    console.print("[bold]backbones[/bold]")
+    for name in ARCHITECTURES.names():
+        console.print(f"  {name:12s} {ARCHITECTURES.get(name).describe()}")
+    console.print("[bold]recipes[/bold]")
+    for name in recipe_names():
+        console.print(f"  {name:20s} {load_recipe(name).description}")
+    return 0
+
+
+def plan(args) -> tuple[list[dict], object]:
+    """Resolve the run matrix (method x backbone x seed) into run configurations, validating everything."""
+    from .recipes import check_value, load_recipe
+    from .registry import ARCHITECTURES, METHODS
+    from .store import config_hash
+    if not args.methods:
+        raise ConfigError("--methods is required (e.g. --methods ovsw recu, or --methods all); "
+                          "see --list for what is registered")
+    methods = METHODS.names() if args.methods == ["all"] else list(dict.fromkeys(args.methods))
+    for m in methods:
+        METHODS.get(m, source="--methods")
+    recipe = load_recipe(args.recipe)
+    archs = list(dict.fromkeys(args.archs or [recipe.backbone]))
+    for a in archs:
+        ARCHITECTURES.get(a, source="--archs")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs {args.epochs}: must be at least 1")
+    sets = parse_assignments(args.sets, "--set")
+    hps: dict[str, dict] = {}
+    for key, value in parse_assignments(args.hp, "--hp"):
+        if "." not in key:
+            raise ConfigError(f"--hp {key}={value}: expected METHOD.KEY=VALUE, e.g. ovsw.delta=0.02")
+        m, k = key.split(".", 1)
+        METHODS.get(m, source="--hp")
+        hps.setdefault(m, {})[k] = value
+    configs = []
+    for arch in archs:
+        spec = ARCHITECTURES.get(arch)
+        for method in methods:
+            train, note = recipe.resolve(method, args.track)
+            for key, value in sets:
+                if key == "method_hparams":
+                    raise ConfigError("--set method_hparams: use --hp METHOD.KEY=VALUE instead")
+                train[key] = check_value(key, value, "--set")
+            recipe_epochs = train["epochs"]
+            if args.epochs is not None:
+                train["epochs"] = args.epochs
+            if train["warmup_epochs"] >= train["epochs"]:
+                train["warmup_epochs"] = max(0, min(train["warmup_epochs"], train["epochs"] - 1))
+            overrides = dict(train.pop("method_hparams"))
+            overrides.update(hps.get(method, {}))
+            src = f"recipe {recipe.path} and --hp"
+            hp = METHODS.get(method)(family=spec.family, overrides=overrides, source=src).hp
+            for seed in range(train["seed"], train["seed"] + args.seeds):
+                cfg = {"recipe": recipe.name, "track": args.track, "track_note": note, "dataset": recipe.dataset,
+                       "backbone": arch, "hp_cli": hps.get(method, {}), "backbone_options": dict(recipe.backbone_options) if arch == recipe.backbone
+                       else {}, "method": method, "method_hparams": hp, "seed": seed, "train": train,
+                       "epochs_overridden": args.epochs is not None and args.epochs != recipe_epochs,
+                       "recipe_epochs": recipe_epochs, "download": not args.no_download}
+                cfg["hash"] = config_hash(cfg)
+                configs.append(cfg)
+    return configs, recipe
+
+
+def cmd_run(args, console) -> int:
+    from .data import EMBEDDED, load_tensor_dataset
+    from .progress import RichProgress
+    from .report import build_tables, collect, print_console, write_reports
+    from .store import RunDir, check_writable, run_name
+    from .trainer import resolve_device, train_run
+    configs, recipe = plan(args)
+    device = resolve_device(args.device)
+    out = args.out
+    data_root = args.data_root or default_data_root()
+    runs_dir = out / "runs"
+    todo, skipped = [], []
+    for cfg in configs:
+        rd = RunDir(runs_dir / run_name(cfg))
+        (skipped if rd.is_done() and not args.force else todo).append((cfg, rd))
+    console.print(f"recipe [bold]{recipe.name}[/bold] ({args.track} track), {len(configs)} runs: "
+                  f"{len(todo)} to run, {len(skipped)} already done; device {device}; results in {out}")
+    if args.dry_run:
+        for cfg, rd in todo:
+            console.print(f"  would run  {rd.name}  ({cfg['track_note']})")
+        for cfg, rd in skipped:
+            console.print(f"  done       {rd.name}")
+        return 0
+    check_writable(runs_dir)
+    if todo and recipe.dataset not in ("imagenet",) and recipe.dataset not in EMBEDDED:
+        load_tensor_dataset(recipe.dataset, data_root, download=not args.no_download)  # fail before compute
+    warn = _warn_to(console)
+    failures = 0
+    for k, (cfg, rd) in enumerate(todo, 1):
+        rd.path.mkdir(parents=True, exist_ok=True)
+        if not rd.claim():
+            console.print(f"[{k}/{len(todo)}] {rd.name}: claimed by another worker, skipped")
+            continue
+        try:
+            if rd.is_done() and not args.force:
+                console.print(f"[{k}/{len(todo)}] {rd.name}: finished by another worker")
+                continue
+            if args.force:
+                rd.clear()
+            rd.create(cfg)
+            console.print(f"[{k}/{len(todo)}] [bold]{cfg['method']}[/bold] on {cfg['backbone']} seed {cfg['seed']}"
+                          f" -> {rd.path}")
+            with RichProgress(console, cfg["method"]) as progress:
+                result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
+            if result["status"] != "done":
+                failures += 1
+                console.print(f"[red]run failed:[/red] {result['reason']}")
+            else:
+                console.print(f"  final top-1 {result['final_top1']:.2f}  best {result['best_top1']:.2f}  "
+                              f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
+        finally:
+            rd.release()
+    tables = build_tables(collect(out, warn))
+    print_console(tables, console)
+    files = write_reports(out, tables)
+    console.print("leaderboard written to " + ", ".join(str(f) for f in files.values()))
+    return EXIT_RUN_FAILED if failures else 0
+
+
+def cmd_report(argv: list[str], console) -> int:
+    from .registry import load_plugin
+    from .report import build_tables, collect, print_console, render, write_reports
+    args = build_report_parser().parse_args(argv)
+    for spec in args.plugin:
+        load_plugin(spec)
+    tables = build_tables(collect(args.out, _warn_to(console)))
+    write_reports(args.out, tables)
+    if args.format == "rich":
+        print_console(tables, console)
+    else:
+        sys.stdout.write(render(tables, args.format))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = _console()
+    try:
+        if argv[:1] == ["report"]:
+            return cmd_report(argv[1:], console)
+        if argv[:1] == ["bench"]:
+            from .bench import main as bench_main
+            return bench_main(argv[1:], console)
+        args = build_parser().parse_args(argv)
+        from .registry import ensure_builtins, load_plugin
+        ensure_builtins()
+        for spec in args.plugin:
+            load_plugin(spec)
+        if args.list:
+            return cmd_list(console)
+        return cmd_run(args, console)
+    except BnnBenchError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: finished epochs are checkpointed; rerun the same command "
+                      "to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

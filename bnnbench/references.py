@@ -1,0 +1,43 @@
+"""Published results (``results/reference.yaml``) for the leaderboard's paper column."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .paths import reference_file
+
+_KEYS = {"method", "dataset", "backbone", "top1", "top5", "epochs", "source"}
+
+
+@functools.lru_cache(maxsize=1)
+def _load(path: str) -> tuple[dict[str, Any], ...]:
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        return ()
+    try:
+        doc = yaml.safe_load(p.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(doc, list):
+        raise ConfigError(f"{p}: expected a list of entries with keys {sorted(_KEYS)}")
+    for i, entry in enumerate(doc):
+        if not isinstance(entry, dict) or set(entry) != _KEYS:
+            raise ConfigError(f"{p}: entry {i} must have exactly the keys {sorted(_KEYS)}, got {entry!r}")
+    return tuple(doc)
+
+
+def load_references() -> list[dict[str, Any]]:
+    return [dict(e) for e in _load(str(reference_file()))]
+
+
+def find_reference(method: str, dataset: str, backbone: str) -> dict[str, Any] | None:
+    from .registry import METHODS
+    refs = METHODS.get(method).references() if method in METHODS else load_references()
+    for r in refs:
+        if (r["method"], r["dataset"], r["backbone"]) == (method, dataset, backbone):
+            return r
+    return None

@@ -1,0 +1,246 @@
+"""One training loop for every method.
+
+Per iteration: forward (autocast on CUDA when the recipe asks for AMP) -> loss -> backward through the
+GradScaler -> ``scaler.unscale_`` -> ``method.after_backward`` (gradient editing in true units) ->
+optional gradient clipping -> ``scaler.step`` -> ``scaler.update`` -> flip tracking. Per epoch:
+``method.on_epoch_start`` first, then train, evaluate, append a metrics row, and checkpoint atomically.
+A run resumes automatically from its last good checkpoint; data order and augmentation depend only on
+(seed, epoch), so a resumed CPU run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .arch import build_model
+from .data import NORMALIZATIONS, TensorLoader, imagenet_loaders, load_tensor_dataset, subset
+from .errors import ConfigError
+from .flips import FlipTracker
+from .ops import count_ops
+from .optim import lr_at, make_optimizer, set_lr
+from .paths import ROOT
+from .progress import Progress
+from .registry import ARCHITECTURES, METHODS
+from .store import RunDir, atomic_torch_save, config_hash
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"--device {name!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def make_loaders(cfg: dict, device: torch.device, data_root: Path):
+    """(train_loader, test_loader, num_classes) for the run's dataset and settings."""
+    tr = cfg["train"]
+    if cfg["dataset"] == "imagenet":
+        return imagenet_loaders(data_root, tr["batch_size"], tr["eval_batch_size"], tr["workers"], cfg["seed"])
+    data = load_tensor_dataset(cfg["dataset"], data_root, download=cfg.get("download", True))
+    data = subset(data, tr["train_subset"], tr["test_subset"])
+    if tr["batch_size"] > len(data.train_y):
+        raise ConfigError(f"batch_size = {tr['batch_size']} is larger than the {len(data.train_y)} training "
+                          f"images of {data.name} (recipe {cfg['recipe']}); lower it")
+    mean, std = data.stats() if tr["normalize"] == "dataset" else NORMALIZATIONS[tr["normalize"]]
+    if tr["augment"] == "imagenet":
+        raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
+    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=device.type == "cuda")
+    train = TensorLoader(data.train_x, data.train_y, tr["batch_size"], shuffle=True, drop_last=False,
+                         crop_pad=4 if tr["augment"] in ("cifar", "crop") else 0,
+                         flip=tr["augment"] == "cifar", **common)
+    test = TensorLoader(data.test_x, data.test_y, tr["eval_batch_size"], shuffle=False, drop_last=False,
+                        **common)
+    return train, test, data.num_classes
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct1 = torch.zeros((), device=device, dtype=torch.int64)
+    correct5 = torch.zeros((), device=device, dtype=torch.int64)
+    n = 0
+    for x, y in loader:
+        with torch.autocast(device.type, enabled=amp):
+            out = model(x)
+        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        n += len(y)
+    model.train()
+    return {"test_loss": loss_sum.item() / n, "test_top1": 100.0 * correct1.item() / n,
+            "test_top5": 100.0 * correct5.item() / n}
+
+
+def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
+              progress: Progress | None = None, warn: Callable[[str], None] = print) -> dict:
+    """Train (or resume) one run described by ``cfg`` in ``run``; returns and writes its result."""
+    progress = progress or Progress()
+    tr = cfg["train"]
+    t0 = time.time()
+    seed_everything(cfg["seed"])
+    spec = ARCHITECTURES.get(cfg["backbone"])
+    train_loader, test_loader, num_classes = make_loaders(cfg, device, data_root)
+    method = METHODS.get(cfg["method"])(family=spec.family, overrides=cfg["method_hparams"],
+                                        source=f"run config of {run.name}")
+    model = build_model(method, spec, num_classes, options=cfg["backbone_options"],
+                        source=f"recipe {cfg['recipe']}").to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    input_size = spec.input_size
+    ops = count_ops(model, input_size).as_dict()
+    optimizer = make_optimizer(model, tr)
+    use_amp = bool(tr["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    criterion = nn.CrossEntropyLoss(label_smoothing=tr["label_smoothing"])
+    tracker = FlipTracker(model)
+    epochs = tr["epochs"]
+    steps = len(train_loader)
+    per_iter = tr["lr_step"] == "iter"
+
+    history: list[dict] = []
+    start_epoch, train_time, images = 0, 0.0, 0
+    state = run.load_checkpoint(warn)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        tracker.load_state_dict(state["flips"])
+        history = state["history"]
+        start_epoch, train_time, images = state["epoch"] + 1, state["train_time"], state["images"]
+        run.write_metrics(history)
+        init = torch.load(run.file("init_weights.pt"), map_location="cpu") if run.file("init_weights.pt").exists() \
+            else None
+        if init is not None:
+            tracker.init_weights = init
+    else:
+        atomic_torch_save(tracker.init_weights, run.file("init_weights.pt"))
+
+    status, reason = "done", None
+    for epoch in range(start_epoch, epochs):
+        method.on_epoch_start(model, epoch, epochs)
+        tracker.start_epoch()
+        train_loader.set_epoch(epoch)
+        model.train()
+        progress.start_epoch(epoch, epochs, steps)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        if not per_iter:
+            set_lr(optimizer, lr_at(tr, epoch))
+        te = time.time()
+        for i, (x, y) in enumerate(train_loader):
+            if per_iter:
+                set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
+            with torch.autocast(device.type, enabled=use_amp):
+                out = model(x)
+                loss = criterion(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            method.after_backward(model)
+            if tr["grad_clip"]:
+                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            tracker.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            progress.advance(loss.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.time() - te
+        train_time += epoch_time
+        images += seen
+        train_loss = loss_sum.item() / seen
+        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                               "train_top1": 100.0 * correct.item() / seen, "epoch_time": epoch_time,
+                               "images_per_s": seen / epoch_time}
+        if not math.isfinite(train_loss):
+            status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch}"
+            row.update(test_loss=None, test_top1=None, test_top5=None)
+            history.append(row)
+            run.write_metrics(history)
+            break
+        row.update(evaluate(model, test_loader, device, use_amp))
+        flips = tracker.epoch_stats()
+        row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
+        row["flip_layers"] = flips["layers"]
+        row.update(method.epoch_stats(model))
+        history.append(row)
+        run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "flips": tracker.state_dict(), "history": history,
+                             "train_time": train_time, "images": images, "config_hash": config_hash(cfg)})
+        run.write_metrics(history)
+        run.heartbeat()
+        progress.end_epoch(row)
+
+    if status == "done":
+        torch.save(tracker.never_flipped(), run.file("flips.pt"))
+    result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops)
+    run.write_result(result)
+    return result
+
+
+def summarize(cfg: dict, history: list[dict], status: str, reason: str | None, train_time: float,
+              images: int, wall: float, device: torch.device, ops: dict) -> dict:
+    done = [h for h in history if h.get("test_top1") is not None]
+    final = done[-1] if done else {}
+    best = max(done, key=lambda h: h["test_top1"]) if done else {}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
+    return {
+        "status": status, "reason": reason, "config_hash": config_hash(cfg),
+        "recipe": cfg["recipe"], "track": cfg["track"], "dataset": cfg["dataset"], "backbone": cfg["backbone"],
+        "method": cfg["method"], "hp_cli": cfg.get("hp_cli", {}), "method_hparams": cfg["method_hparams"],
+        "seed": cfg["seed"], "epochs": cfg["train"]["epochs"],
+        "epochs_run": len(done), "epochs_overridden": cfg["epochs_overridden"],
+        "full_data": cfg["train"]["train_subset"] is None and cfg["train"]["test_subset"] is None,
+        "final_top1": final.get("test_top1"), "final_top5": final.get("test_top5"),
+        "best_top1": best.get("test_top1"), "best_top5_at_best": best.get("test_top5"),
+        "best_epoch": best.get("epoch"),
+        "silent": final.get("silent"), "flip_any": final.get("flip_any"), "flip_net": final.get("flip_net"),
+        "net_change": final.get("net_change"),
+        "wall_time_s": wall, "train_time_s": train_time, "images_per_s": images / train_time if train_time else None,
+        "peak_memory_bytes": int(peak), "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__, "bnnbench": __version__, "git_commit": git_commit(), "ops": ops,
+    }
