@@ -78,4 +78,4 @@ for _name, _blocks, _desc in (("resnet18", [2, 2, 2, 2], "ImageNet ResNet-18 1W1
         name=_name, family="imagenet", input_size=(3, 224, 224), description=_desc, scope=_SCOPE,
         build=lambda method, num_classes, in_channels=3, _b=_blocks: ResNetImageNet(method, _b, num_classes,
                                                                                    in_channels),
-        test_input_size=(3, 64, 64)))
+        test_input_size=(3, 32, 32)))

@@ -106,6 +106,23 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
             "test_top5": 100.0 * correct5.item() / n}
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, scaler, method,
+               use_amp: bool, grad_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; the method's gradient edit sees unscaled (true-unit) gradients."""
+    with torch.autocast(x.device.type, enabled=use_amp):
+        out = model(x)
+        loss = criterion(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    method.after_backward(model)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), out.detach()
+
+
 def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
               progress: Progress | None = None, warn: Callable[[str], None] = print) -> dict:
     """Train (or resume) one run described by ``cfg`` in ``run``; returns and writes its result."""
@@ -167,17 +184,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
         for i, (x, y) in enumerate(train_loader):
             if per_iter:
                 set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
-            with torch.autocast(device.type, enabled=use_amp):
-                out = model(x)
-                loss = criterion(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            method.after_backward(model)
-            if tr["grad_clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
+            loss, out = train_step(model, x, y, criterion, optimizer, scaler, method, use_amp, tr["grad_clip"])
             tracker.step()
             loss_sum += loss.detach().double() * len(y)
             correct += (out.detach().argmax(1) == y).sum()

@@ -1,0 +1,82 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+GOLDEN = SHARED / "reference" / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_cifar(root: Path, n_train: int = 200, n_test: int = 100, classes: int = 10, seed: int = 0) -> Path:
+    """A tiny CIFAR-10-format folder whose classes are learnable (class-coloured blobs plus noise)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = rng.integers(0, 256, size=(classes, 3))
+
+    def batch(n):
+        labels = rng.integers(0, classes, size=n)
+        imgs = rng.integers(0, 60, size=(n, 3, 32, 32))
+        for i, c in enumerate(labels):
+            y0, x0 = rng.integers(4, 16, size=2)
+            imgs[i, :, y0:y0 + 12, x0:x0 + 12] = palette[c][:, None, None]
+        return {"data": imgs.reshape(n, -1).astype(np.uint8), "labels": labels.tolist(),
+                "batch_label": "tiny", "filenames": [f"{i}.png" for i in range(n)]}
+
+    per = n_train // 5
+    for k in range(1, 6):
+        with open(folder / f"data_batch_{k}", "wb") as f:
+            pickle.dump(batch(per), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(n_test), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(classes)]}, f)
+    return folder
+
+
+TINY_RECIPE = """\
+name: tiny
+description: tiny CIFAR-format data for tests
+dataset: cifar10
+backbone: cresnet20
+train:
+  epochs: {epochs}
+  batch_size: 50
+  eval_batch_size: 100
+  lr: 0.1
+  weight_decay: 5.0e-4
+  warmup_epochs: 1
+  augment: cifar
+  normalize: dataset
+  seed: 0
+paper:
+  recu: {{lr: 0.05}}
+"""
+
+
+def make_recipe(path: Path, epochs: int = 2) -> Path:
+    path.write_text(TINY_RECIPE.format(epochs=epochs))
+    return path
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    return make_cifar(tmp_path / "data")
+
+
+@pytest.fixture
+def golden():
+    def load(name):
+        p = GOLDEN / name
+        if not p.exists():
+            pytest.skip(f"golden file {p} not available (../shared absent)")
+        return torch.load(p)
+    return load

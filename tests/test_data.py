@@ -1,0 +1,80 @@
+"""Datasets and the tensor loader."""
+import pytest
+import torch
+
+from bnnbench.data import TensorLoader, crop_flip, load_tensor_dataset, subset
+from bnnbench.errors import DataError
+from conftest import SHARED
+
+
+def test_crop_flip_matches_per_image_reference():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    gen = torch.Generator().manual_seed(3)
+    out = crop_flip(x, 2, True, gen)
+    gen = torch.Generator().manual_seed(3)
+    oy, ox = torch.randint(0, 5, (2,), generator=gen), torch.randint(0, 5, (2,), generator=gen)
+    flip = torch.rand(2, generator=gen) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        ref = padded[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 6]
+        if flip[i]:
+            ref = ref.flip(2)
+        assert torch.equal(out[i], ref)
+
+
+def test_loader_order_depends_only_on_seed_and_epoch():
+    x = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50)
+    mk = lambda: TensorLoader(x, y, 16, shuffle=True, drop_last=False, mean=(0.5,) * 3, std=(0.25,) * 3,  # noqa
+                              device="cpu", seed=1, crop_pad=2, flip=True)
+    a, b = mk(), mk()
+    a.set_epoch(3)
+    b.set_epoch(3)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.set_epoch(4)
+    assert not torch.equal(next(iter(a))[1], next(iter(b))[1])
+    assert sorted(torch.cat([yb for _, yb in a]).tolist()) == list(range(50)) and len(a) == 4
+
+
+def test_digits_is_embedded():
+    d = load_tensor_dataset("digits", "/nonexistent")
+    assert d.train_x.shape == (1437, 3, 32, 32) and d.test_x.shape == (360, 3, 32, 32)
+    assert d.train_x.dtype == torch.uint8 and d.num_classes == 10
+    assert set(d.train_y.tolist()) == set(range(10))
+
+
+def test_cifar_reads_generated_folder_either_root(tiny_cifar):
+    for root in (tiny_cifar, tiny_cifar.parent):
+        d = load_tensor_dataset("cifar10", root, download=False)
+        assert d.train_x.shape == (200, 3, 32, 32) and d.test_x.shape == (100, 3, 32, 32)
+    s = subset(d, 50, 20)
+    assert len(s.train_y) == 50 and len(s.test_y) == 20
+    with pytest.raises(DataError, match="train_subset = 500 is larger than the 200"):
+        subset(d, 500, None)
+
+
+def test_missing_data_offline_error_names_data_root(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_tensor_dataset("cifar10", tmp_path / "nothing", download=True)
+    msg = str(e.value)
+    assert "--data-root" in msg and "cifar-10-batches-py" in msg and "data_batch_1" in msg
+    with pytest.raises(DataError, match="download is disabled"):
+        load_tensor_dataset("cifar10", tmp_path / "nothing", download=False)
+
+
+def test_truncated_cifar_file_is_a_data_error(tiny_cifar):
+    (tiny_cifar / "data_batch_3").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataError, match="could not be read"):
+        load_tensor_dataset("cifar10", tiny_cifar, download=False)
+
+
+CIFAR_SHARED = SHARED / "data" / "cifar10-jpeg" / "cifar-10-batches-py"
+
+
+@pytest.mark.skipif(not CIFAR_SHARED.is_dir(), reason="../shared/data/cifar10-jpeg absent")
+def test_shared_cifar_copy_loads():
+    d = load_tensor_dataset("cifar10", CIFAR_SHARED, download=False)
+    assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
+    assert d.train_y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert torch.bincount(d.train_y).tolist() == [5000] * 10

@@ -1,0 +1,77 @@
+"""Parity with the authors' own OvSW and ReCU code (golden tensors in ../shared/reference/golden)."""
+import pytest
+import torch
+
+from bnnbench.registry import METHODS
+from methods.ovsw import ags_, sad_
+
+
+def run_conv(method, d, stride, dtype, setup):
+    conv = METHODS.get(method)().conv(16, 32, 3, stride=stride, padding=1).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(d["weight"])
+    setup(conv)
+    x = d["x"].clone().requires_grad_()
+    conv.train()
+    out = conv(x)
+    out.backward(d["grad_out"])
+    conv.eval()
+    with torch.no_grad():
+        out_eval = conv(d["x"])
+    return conv, x, out.detach(), out_eval
+
+
+@pytest.mark.parametrize("name", ["ovsw_conv_16x32_s1_f32.pt", "ovsw_conv_16x32_s2_f32.pt",
+                                  "ovsw_conv_16x32_s1_f64.pt"])
+def test_ovsw_conv_matches_reference(golden, name):
+    d = golden(name)
+    dtype = d["x"].dtype
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    conv, x, out, out_eval = run_conv("ovsw", d, d["config"]["stride"], dtype, lambda c: None)
+    assert torch.allclose(out, d["out_train"], **tol)
+    assert torch.allclose(out_eval, d["out_eval"], **tol)
+    assert torch.allclose(x.grad, d["grad_x"], **tol)
+    assert torch.allclose(conv.weight.grad, d["grad_weight"], **tol)
+    assert torch.allclose(conv.output_scale().flatten(), d["scale"], **tol)
+
+
+@pytest.mark.parametrize("name", ["recu_conv_16x32_s1_f32.pt", "recu_conv_16x32_s2_f32.pt",
+                                  "recu_conv_16x32_s1_f64.pt"])
+@pytest.mark.parametrize("tau", ["tau0.85", "tau0.99"])
+def test_recu_conv_matches_reference(golden, name, tau):
+    d = golden(name)
+    sub = d[tau]
+    dtype = d["x"].dtype
+
+    def setup(conv):
+        with torch.no_grad():
+            conv.alpha.copy_(d["alpha"])
+            conv.tau.copy_(sub["tau"])
+    conv, x, out, out_eval = run_conv("recu", d, d["config"]["stride"], dtype, setup)
+    rel = 1e-10 if dtype == torch.float64 else 1e-5
+    scale = lambda t: rel * max(1.0, t.abs().max().item())  # noqa: E731
+    assert torch.allclose(out, sub["out_train"], rtol=rel, atol=scale(sub["out_train"]))
+    assert torch.allclose(out_eval, sub["out_eval"], rtol=rel, atol=scale(sub["out_eval"]))
+    assert torch.allclose(x.grad, sub["grad_x"], rtol=rel, atol=scale(sub["grad_x"]))
+    assert torch.allclose(conv.alpha.grad, sub["grad_alpha"], rtol=rel, atol=scale(sub["grad_alpha"]))
+    # hard 0/1 clamp window: allow isolated elements at the threshold to differ in float32 only
+    diff = ~torch.isclose(conv.weight.grad, sub["grad_weight"], rtol=rel, atol=scale(sub["grad_weight"]))
+    assert diff.sum().item() <= (0 if dtype == torch.float64 else 2)
+
+
+def test_ovsw_ags_sad_edit_matches_reference(golden):
+    d = golden("ovsw_ags_sad_edit_f32.pt")
+    hp = d["hparams"]
+    g, t, p = d["grad_in"].clone(), d["tracker_in"].clone(), d["weight_prev_in"].clone()
+    ratio = ags_(g, d["weight"], hp["delta"])
+    assert torch.allclose(g, d["grad_after_ags"], rtol=1e-6, atol=0)
+    assert ratio.mean().item() == pytest.approx(d["ags_return"].item(), rel=1e-6)
+    scaled_rows = ratio < hp["delta"]
+    assert torch.equal(scaled_rows, d["derived_ags_scaled_rows"].bool())
+    silent = sad_(g, d["weight"], t, p, gamma=hp["dampen_weight"], momentum=hp["track_momentum"],
+                  threshold=hp["track_threshold"])
+    assert (silent != d["derived_sad_mask"].bool()).sum().item() == 0
+    assert silent.float().mean().item() == pytest.approx(d["sad_return"].item(), rel=1e-6)
+    assert torch.allclose(g, d["grad_out"], rtol=1e-6, atol=1e-9)
+    assert torch.equal(t, d["tracker_out"])
+    assert torch.equal(p, d["weight_prev_out"])

@@ -1,0 +1,107 @@
+"""Registry errors, plugin discovery (file, module, entry point) and loud import failures."""
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bnnbench.arch import build_model
+from bnnbench.errors import RegistryError
+from bnnbench.registry import ARCHITECTURES, METHODS, Registry, load_plugin
+from bnnbench.trainer import train_step
+
+PLUGIN = textwrap.dedent('''
+    import torch
+    from bnnbench.layers import BinaryConv2d
+    from bnnbench.method import Method, register_method
+    from bnnbench.surrogates import sign_clipped
+
+    class HalfConv(BinaryConv2d):
+        def binarize_weight(self, w):
+            return self.hparams["beta"] * sign_clipped(w)
+
+    @register_method
+    class {cls}(Method):
+        """A test plugin: sign weights scaled by beta."""
+        name = "{name}"
+        conv_class = HalfConv
+        hparams = {{"beta": 0.5}}
+''')
+
+
+def test_unknown_names_list_registered_and_closest():
+    with pytest.raises(RegistryError) as e:
+        METHODS.get("recuu", source="--methods")
+    msg = str(e.value)
+    assert "'recuu'" in msg and "did you mean 'recu'" in msg and "--methods" in msg
+    for name in ("bireal", "irnet", "ovsw", "recu", "xnor"):
+        assert name in msg
+    with pytest.raises(RegistryError, match="did you mean 'cresnet20'"):
+        ARCHITECTURES.get("cresnet2")
+
+
+def test_duplicate_registration_is_an_error():
+    reg = Registry("method")
+    reg.register("a", object())
+    with pytest.raises(RegistryError, match="duplicate method name 'a'"):
+        reg.register("a", object())
+
+
+def test_builtins_are_registered():
+    assert set(METHODS.names()) >= {"xnor", "bireal", "irnet", "recu", "ovsw"}
+    assert set(ARCHITECTURES.names()) >= {"resnet18", "resnet34", "cresnet18", "cresnet20", "vgg_small"}
+
+
+def test_plugin_file_is_discovered_and_trains(tmp_path):
+    f = tmp_path / "half_plugin.py"
+    f.write_text(PLUGIN.format(cls="Half", name="half_test"))
+    try:
+        load_plugin(str(f))
+        assert "half_test" in METHODS.names()
+        m = METHODS.get("half_test")(overrides={"beta": 0.25})
+        model = build_model(m, "cresnet20", 10)
+        conv = model.layer1[0].conv1
+        assert set(torch.unique(conv.binarize_weight(conv.weight)).tolist()) <= {-0.25, 0.25}
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss, _ = train_step(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.nn.CrossEntropyLoss(),
+                             opt, torch.amp.GradScaler("cpu", enabled=False), m, use_amp=False)
+        assert torch.isfinite(loss)
+        assert load_plugin(str(f))  # loading twice is a no-op, not a duplicate
+    finally:
+        METHODS.unregister("half_test")
+
+
+def test_plugin_module_and_entry_point(tmp_path, monkeypatch):
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    (pkg / "ep_plugin_mod.py").write_text(PLUGIN.format(cls="EP", name="ep_test"))
+    dist = pkg / "ep_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bnnbench.methods]\nep_test = ep_plugin_mod\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    from bnnbench import registry
+    monkeypatch.setitem(registry._state, "loaded", False)
+    try:
+        registry.ensure_builtins()
+        assert "ep_test" in METHODS.names()
+    finally:
+        METHODS.unregister("ep_test")
+        sys.modules.pop("ep_plugin_mod", None)
+
+
+def test_broken_plugins_fail_loudly(tmp_path):
+    bad = tmp_path / "bad_syntax.py"
+    bad.write_text("def broken(:\n    pass\n")
+    with pytest.raises(RegistryError, match="syntax error at line 1"):
+        load_plugin(str(bad))
+    boom = tmp_path / "boom.py"
+    boom.write_text("import not_a_real_module_xyz\n")
+    with pytest.raises(RegistryError, match="ModuleNotFoundError.*not_a_real_module_xyz"):
+        load_plugin(str(boom))
+    dup = tmp_path / "dup.py"
+    dup.write_text(PLUGIN.format(cls="Dup", name="ovsw"))
+    with pytest.raises(RegistryError, match="duplicate method name 'ovsw'"):
+        load_plugin(str(dup))
+    with pytest.raises(RegistryError, match="no_such_plugin_module"):
+        load_plugin("no_such_plugin_module")

@@ -1,0 +1,66 @@
+"""Each surrogate's forward is sign and its backward equals the formula, edges included."""
+import math
+
+import pytest
+import torch
+
+from bnnbench.surrogates import sign_approx, sign_clipped, sign_ede, sign_ste
+
+U = torch.tensor([-2.0, -1.0 - 1e-6, -1.0, -0.75, -0.5, -1e-7, 0.0, 1e-7, 0.25, 0.5, 1.0 - 1e-6, 1.0, 1.0 + 1e-6,
+                  3.0], dtype=torch.float64)
+
+
+def grad_of(fn, u, *args):
+    u = u.clone().requires_grad_()
+    y = fn(u, *args)
+    g = torch.linspace(0.5, 2.0, len(u), dtype=u.dtype)  # a non-constant upstream gradient
+    y.backward(g)
+    return y.detach(), u.grad, g
+
+
+@pytest.mark.parametrize("fn", [sign_ste, sign_clipped, sign_approx])
+def test_forward_is_torch_sign(fn):
+    y, _, _ = grad_of(fn, U)
+    assert torch.equal(y, torch.sign(U))
+    assert y[U == 0].item() == 0.0
+
+
+def test_identity_ste():
+    _, du, g = grad_of(sign_ste, U)
+    assert torch.equal(du, g)
+
+
+def test_clipped_identity_window_edges():
+    _, du, g = grad_of(sign_clipped, U)
+    expected = [0 if abs(u) > 1 else 1 for u in U.tolist()]
+    assert torch.equal(du, g * torch.tensor(expected, dtype=U.dtype))
+    # the edges +-1 pass the gradient, just outside does not
+    assert du[U == 1.0].item() != 0 and du[U == -1.0].item() != 0
+    assert du[U == 1.0 + 1e-6].item() == 0
+
+
+def test_approxsign_piecewise():
+    _, du, g = grad_of(sign_approx, U)
+    def f(u):
+        if -1 <= u < 0:
+            return 2 + 2 * u
+        if 0 <= u < 1:
+            return 2 - 2 * u
+        return 0.0
+    expected = torch.tensor([f(u) for u in U.tolist()], dtype=U.dtype)
+    assert torch.allclose(du, g * expected, atol=1e-12)
+    assert du[U == 0.0].item() == pytest.approx(2 * g[U == 0.0].item())
+    assert du[U == 1.0].item() == 0 and du[U == -1.0].item() == 0
+
+
+@pytest.mark.parametrize("t,k", [(0.1, 10.0), (1.0, 1.0), (10.0, 1.0), (0.001, 1000.0)])
+def test_ede(t, k):
+    _, du, g = grad_of(sign_ede, U, t, k)
+    expected = torch.tensor([k * t * (1 - math.tanh(t * u) ** 2) for u in U.tolist()], dtype=U.dtype)
+    assert torch.allclose(du, g * expected, rtol=1e-12, atol=0)
+
+
+def test_ede_starts_as_identity():
+    # at e = 0 of IR-Net's schedule k * t = 1 and t is small: close to the identity STE
+    _, du, g = grad_of(sign_ede, U, 1e-3, 1e3)
+    assert torch.allclose(du, g, rtol=1e-5)
