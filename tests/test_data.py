@@ -47,10 +47,10 @@ def test_digits_is_embedded():
 def test_cifar_reads_generated_folder_either_root(tiny_cifar):
     for root in (tiny_cifar, tiny_cifar.parent):
         d = load_tensor_dataset("cifar10", root, download=False)
-        assert d.train_x.shape == (200, 3, 32, 32) and d.test_x.shape == (100, 3, 32, 32)
+        assert d.train_x.shape == (400, 3, 32, 32) and d.test_x.shape == (200, 3, 32, 32)
     s = subset(d, 50, 20)
     assert len(s.train_y) == 50 and len(s.test_y) == 20
-    with pytest.raises(DataError, match="train_subset = 500 is larger than the 200"):
+    with pytest.raises(DataError, match="train_subset = 500 is larger than the 400"):
         subset(d, 500, None)
 
 

@@ -1,0 +1,21 @@
+# Sourced by scripts/bench.sh and scripts/test.sh: create or reuse the project's virtual environment and
+# (re)install the project into it when pyproject.toml changed. Usage: source scripts/_venv.sh EXTRA
+# Environment: BNNBENCH_VENV (default .venv), PYTHON (default python3). Install a specific torch build
+# (e.g. another CUDA) into the venv first and it is kept: pyproject asks only for torch>=2.1.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${BNNBENCH_VENV:-$ROOT/.venv}"
+EXTRA="${1:-}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating virtual environment $VENV" >&2
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+STAMP="$VENV/.bnnbench-installed${EXTRA:+-$EXTRA}"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  echo "installing bnnbench${EXTRA:+[$EXTRA]} and its dependencies into $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${EXTRA:+[$EXTRA]}" 2>&1 \
+    | grep -v "^WARNING: Location 'file:" >&2 || true
+  "$VENV/bin/python" -c "import bnnbench, torch, torchvision, timm, rich, tabulate, yaml, matplotlib, sklearn" \
+    || { echo "error: installing into $VENV failed (see above)" >&2; exit 1; }
+  touch "$STAMP"
+fi
