@@ -203,10 +203,14 @@ def cmd_run(args, console) -> int:
                               f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
         finally:
             rd.release()
-    tables = build_tables(collect(out, warn))
+    from .plots import plot_all
+    runs = collect(out, warn)
+    tables = build_tables(runs)
     print_console(tables, console)
     files = write_reports(out, tables)
-    console.print("leaderboard written to " + ", ".join(str(f) for f in files.values()))
+    plots = plot_all(runs, out)
+    console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
+                  + f"; {len(plots)} plots in {out / 'plots'}")
     return EXIT_RUN_FAILED if failures else 0
 
 
@@ -216,8 +220,11 @@ def cmd_report(argv: list[str], console) -> int:
     args = build_report_parser().parse_args(argv)
     for spec in args.plugin:
         load_plugin(spec)
-    tables = build_tables(collect(args.out, _warn_to(console)))
+    from .plots import plot_all
+    runs = collect(args.out, _warn_to(console))
+    tables = build_tables(runs)
     write_reports(args.out, tables)
+    plot_all(runs, args.out)
     if args.format == "rich":
         print_console(tables, console)
     else:

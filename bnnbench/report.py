@@ -53,6 +53,7 @@ def collect(out: Path, warn: Callable[[str], None]) -> list[dict]:
             warn(f"skipping {d}: corrupt {RESULT} or {CONFIG} ({type(exc).__name__}: {exc})")
             continue
         res["run_dir"] = d.name
+        res["_path"] = str(d)
         runs.append(res)
     return runs
 

@@ -1,0 +1,170 @@
+"""``run_bench.py bench``: how much a training step costs, per method, on the current device.
+
+For a backbone (default cresnet20) at a batch size (default 256) with input of the backbone's shape it
+measures, as the median of repeated timed steps after warm-up:
+
+* the full training step (forward, backward, method hook, optimizer step, flip tracking) of every
+  registered method and of the full-precision version of the same backbone (plain convolutions);
+* the part of the step spent in the method's gradient hook and in flip tracking;
+* eval throughput (forward only, no grad);
+* the CIFAR-path data loader (uint8 tensors, random crop + flip, normalisation) in images/s.
+
+It prints a table and writes JSON (``--json``). Timings synchronise the device around each timed region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .arch import build_model
+from .data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
+from .flips import FlipTracker
+from .layers import BinaryConv2d
+from .method import Method
+from .registry import ARCHITECTURES, METHODS
+from .trainer import resolve_device, train_step
+
+
+class _PlainConv(BinaryConv2d):
+    """Full-precision convolution with the BinaryConv2d constructor (the baseline of the ratios)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+class FullPrecision(Method):
+    """The backbone with plain convolutions where the binary ones would be (not registered)."""
+
+    name = "fp"
+    conv_class = _PlainConv
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, device, repeats: int, warmup: int) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def bench_method(method: Method, arch: str, batch: int, device, steps: int, warmup: int, track: bool) -> dict:
+    spec = ARCHITECTURES.get(arch)
+    torch.manual_seed(0)
+    model = build_model(method, arch, 10).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, *spec.input_size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    crit = nn.CrossEntropyLoss()
+    tracker = FlipTracker(model, keep_init=False) if track else None
+    method.on_epoch_start(model, 0, 100)
+
+    def step():
+        train_step(model, x, y, crit, opt, scaler, method, use_amp=device.type == "cuda")
+        if tracker is not None:
+            tracker.step()
+    step_med, step_all = _median_time(step, device, steps, warmup)
+    out = {"step_s": step_med, "step_all_s": step_all, "images_per_s": batch / step_med}
+    hook_med = 0.0
+    if type(method).after_backward is not Method.after_backward:
+        hook_med, _ = _median_time(lambda: method.after_backward(model), device, steps, 2)
+    out["hook_s"] = hook_med
+    out["flip_s"] = _median_time(tracker.step, device, steps, 2)[0] if tracker is not None else 0.0
+    model.eval()
+    with torch.no_grad():
+        eval_med, _ = _median_time(lambda: model(x), device, steps, 2)
+    out["eval_images_per_s"] = batch / eval_med
+    return out
+
+
+def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    loader = TensorLoader(x, y, batch, shuffle=True, drop_last=False, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                          device=device, crop_pad=4, flip=True, channels_last=device.type == "cuda")
+    loader.set_epoch(0)
+    for _ in loader:  # warm-up
+        pass
+    _sync(device)
+    t = time.perf_counter()
+    for e in range(epochs):
+        loader.set_epoch(e + 1)
+        for xb, _ in loader:
+            pass
+    _sync(device)
+    return n * epochs / (time.perf_counter() - t)
+
+
+def main(argv: list[str], console) -> int:
+    p = argparse.ArgumentParser(prog="run_bench.py bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="cresnet20")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ARCHITECTURES.get(args.arch, source="--arch")
+    names = args.methods or METHODS.names()
+    spec = ARCHITECTURES.get(args.arch)
+    results = {}
+    console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads), "
+                  f"median of {args.steps} steps after {args.warmup} warm-up")
+    fp = bench_method(FullPrecision(), args.arch, args.batch, device, args.steps, args.warmup, track=False)
+    results["fp"] = fp
+    for name in names:
+        method = METHODS.get(name, source="--methods")(family=spec.family)
+        r = bench_method(method, args.arch, args.batch, device, args.steps, args.warmup, track=True)
+        r["ratio_to_fp"] = r["step_s"] / fp["step_s"]
+        r["hook_flip_share"] = (r["hook_s"] + r["flip_s"]) / r["step_s"]
+        results[name] = r
+        console.print(f"  {name:8s} step {1000 * r['step_s']:.1f} ms")
+    loader_ips = bench_loader(args.batch, device)
+    from rich.table import Table
+    table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")
+    for c in ("method", "step ms", "min-max ms", "img/s", "x FP", "hook ms", "flip ms", "hook+flip %",
+              "eval img/s"):
+        table.add_column(c, justify="right")
+    for name, r in results.items():
+        table.add_row(name, f"{1000 * r['step_s']:.1f}",
+                      f"{1000 * min(r['step_all_s']):.0f}-{1000 * max(r['step_all_s']):.0f}",
+                      f"{r['images_per_s']:.0f}", f"{r.get('ratio_to_fp', 1.0):.2f}", f"{1000 * r['hook_s']:.2f}",
+                      f"{1000 * r['flip_s']:.2f}", f"{100 * r.get('hook_flip_share', 0.0):.2f}",
+                      f"{r['eval_images_per_s']:.0f}")
+    console.print(table)
+    best_train = max(r["images_per_s"] for r in results.values())
+    console.print(f"CIFAR loader (crop+flip+normalise): {loader_ips:.0f} img/s = "
+                  f"{loader_ips / best_train:.1f}x the fastest training step")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "arch": args.arch, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+            "steps": args.steps, "warmup": args.warmup, "methods": results,
+            "loader_images_per_s": loader_ips}, indent=2) + "\n")
+        console.print(f"written to {args.json}")
+    return 0

@@ -1,0 +1,69 @@
+"""Leaderboard and plots built from a tiny real run matrix; the bench command runs."""
+import json
+
+import pytest
+import torch
+
+from bnnbench.cli import build_parser, main, plan
+from bnnbench.plots import plot_all, plot_curves, plot_silent_hist
+from bnnbench.report import build_tables, collect, render
+from bnnbench.store import RunDir, run_name
+from bnnbench.trainer import train_run
+from conftest import make_cifar, make_recipe
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("matrix")
+    data = make_cifar(tmp / "data")
+    recipe = make_recipe(tmp / "tiny.yaml", epochs=2)
+    out = tmp / "out"
+    args = build_parser().parse_args(["--methods", "ovsw", "recu", "--recipe", str(recipe), "--data-root",
+                                      str(data), "--out", str(out)])
+    for cfg in plan(args)[0]:
+        rd = RunDir(out / "runs" / run_name(cfg))
+        rd.create(cfg)
+        train_run(cfg, rd, torch.device("cpu"), data)
+    return out
+
+
+def test_plots_have_one_series_per_method(matrix):
+    runs = collect(matrix, warn=print)
+    written = plot_curves(runs, matrix)
+    assert len(written) == 2
+    for path, n in written.items():
+        assert path.stat().st_size > 5000 and n == 2
+    hist = [plot_silent_hist(matrix / "runs" / r["run_dir"], matrix) for r in runs]
+    assert all(p is not None and p.stat().st_size > 5000 for p in hist)
+    assert len(plot_all(runs, matrix)) == 4
+    with pytest.raises(KeyError, match="binary layers"):
+        plot_silent_hist(matrix / "runs" / runs[0]["run_dir"], matrix, layer="nope")
+
+
+def test_leaderboard_rows_and_failed_runs(matrix, tmp_path):
+    runs = collect(matrix, warn=print)
+    tables = build_tables(runs)
+    assert len(tables) == 1 and [r["method"] for r in tables[0]["rows"]] == ["ovsw", "recu"]
+    row = tables[0]["rows"][0]
+    assert row["n"] == 1 and 0 <= row["silent"] <= 100 and row["binary_params"] > 95
+    # a failed run is listed with its reason, not hidden
+    failed = dict(runs[0], status="failed", reason="non-finite training loss (nan) in epoch 1", method="xnor",
+                  hp_cli={})
+    tables = build_tables(runs + [failed])
+    md = render(tables, "md")
+    assert "failed (seed 0: non-finite training loss (nan) in epoch 1)" in md
+    latex = render(tables, "latex")
+    assert "\\toprule" in latex and "ovsw" in latex
+    data = json.loads(render(tables, "json"))
+    assert data["tables"][0]["rows"][0]["method"] == "ovsw"
+
+
+def test_bench_command_writes_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--methods", "ovsw", "--batch", "8", "--steps", "2", "--warmup", "1", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["methods"]) == {"fp", "ovsw"}
+    o = res["methods"]["ovsw"]
+    assert o["step_s"] > 0 and o["hook_s"] > 0 and o["flip_s"] > 0 and o["ratio_to_fp"] > 0
+    assert res["loader_images_per_s"] > 0
