@@ -17,7 +17,7 @@ import yaml
 from .errors import BnnBenchError, ConfigError
 from .paths import default_data_root
 
-EXIT_BAD_INPUT, EXIT_RUN_FAILED = 2, 3
+EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
 
 
 def _console():
@@ -156,7 +156,7 @@ def cmd_run(args, console) -> int:
     from .progress import RichProgress
     from .report import build_tables, collect, print_console, write_reports
     from .store import RunDir, check_writable, run_name
-    from .trainer import resolve_device, train_run
+    from .trainer import Preempted, resolve_device, train_run
     configs, recipe = plan(args)
     device = resolve_device(args.device)
     out = args.out
@@ -193,8 +193,12 @@ def cmd_run(args, console) -> int:
             rd.create(cfg)
             console.print(f"[{k}/{len(todo)}] [bold]{cfg['method']}[/bold] on {cfg['backbone']} seed {cfg['seed']}"
                           f" -> {rd.path}")
-            with RichProgress(console, cfg["method"]) as progress:
-                result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
+            try:
+                with RichProgress(console, cfg["method"]) as progress:
+                    result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
+            except Preempted as exc:
+                console.print(f"[yellow]preempted[/yellow]: {exc}")
+                return EXIT_PREEMPTED
             if result["status"] != "done":
                 failures += 1
                 console.print(f"[red]run failed:[/red] {result['reason']}")

@@ -193,25 +193,31 @@ def subset(data: TensorData, train: int | None, test: int | None) -> TensorData:
 
 # --- tensor loader ---------------------------------------------------------------------------------------
 
-def crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
-    """Random crop with ``pad`` zero padding and random horizontal flip of a whole batch (N, C, H, W).
+def draw_augment(n: int, pad: int, flip: bool, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image crop offsets (y, x) in [0, 2 pad] and flip decisions, drawn on the CPU from ``gen``."""
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    fl = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return oy, ox, fl
 
-    Offsets and flips are drawn from ``gen`` (on the CPU, so a run repeats exactly on any device); the
+
+def crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, fl: Tensor) -> Tensor:
+    """Random crop with ``pad`` zero padding and horizontal flip of a whole batch (N, C, H, W).
+
+    ``oy``/``ox`` are each image's crop offsets into the padded image, ``fl`` its flip decision; the
     crop is one gather on the batch's device.
     """
     n, c, h, w = x.shape
     if pad > 0:
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+        oy, ox = oy.to(x.device), ox.to(x.device)
         padded = F.pad(x, (pad, pad, pad, pad))
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         idx_n = torch.arange(n, device=x.device)[:, None, None, None]
         idx_c = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[idx_n, idx_c, rows, cols]
-    if flip:
-        mask = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(mask, x.flip(3), x)
+    if fl.any():
+        x = torch.where(fl.to(x.device)[:, None, None, None], x.flip(3), x)
     return x
 
 
@@ -248,16 +254,24 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches ``start``, ``start + 1``, ... of the epoch (the same batches a full pass yields)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = self.num_samples
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.to(self.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        augment = self.crop_pad > 0 or self.flip
+        if augment:
+            oy, ox, fl = draw_augment(n, self.crop_pad, self.flip, gen)
+        order_dev = order.to(self.x.device)
+        for i in range(start, len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order_dev[sl]
             xb = self.x[idx].to(self.device, non_blocking=True)
             yb = self.y[idx].to(self.device, non_blocking=True)
-            if self.crop_pad or self.flip:
-                xb = crop_flip(xb, self.crop_pad, self.flip, gen)
+            if augment:
+                xb = crop_flip(xb, self.crop_pad, oy[sl], ox[sl], fl[sl])
             xb = (xb.float() - self.mean) / self.std
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -328,7 +342,16 @@ class FolderLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for x, y in self.loader:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int):
+        loader = self.loader
+        if start:
+            indices = list(iter(self.sampler))[start * self.loader.batch_size:]
+            loader = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size,
+                                                 sampler=indices, num_workers=self.loader.num_workers,
+                                                 pin_memory=True, drop_last=self.loader.drop_last)
+        for x, y in loader:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

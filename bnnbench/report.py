@@ -21,7 +21,7 @@ import yaml
 from tabulate import tabulate
 
 from .references import find_reference
-from .store import CONFIG, RESULT, atomic_write_text, read_json
+from .store import CONFIG, RESULT, atomic_write_text, read_json, verify_result
 
 COLUMNS = ["method", "top1 final", "top1 best", "top5", "paper", "gap", "silent %", "flip %", "binary params %",
            "OPs", "size", "epochs", "wall/run", "img/s"]
@@ -39,10 +39,8 @@ def collect(out: Path, warn: Callable[[str], None]) -> list[dict]:
             warn(f"skipping {d}: no {RESULT} (unfinished or interrupted run)")
             continue
         try:
-            res = read_json(res_path)
+            res = verify_result(read_json(res_path))
             cfg = yaml.safe_load((d / CONFIG).read_text())
-            if not isinstance(res, dict) or res.get("status") not in ("done", "failed"):
-                raise ValueError("missing or unknown status")
             if not isinstance(cfg, dict):
                 raise ValueError(f"{CONFIG} is not a mapping")
             if res.get("config_hash") != cfg.get("hash"):

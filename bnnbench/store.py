@@ -83,6 +83,61 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+# --- integrity -------------------------------------------------------------------------------------------
+
+_MAGIC = b"BNNCKPT1"
+
+
+def pack_checkpoint(state: dict) -> bytes:
+    """MAGIC + sha256(payload) + payload, payload = torch.save(state)."""
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    return _MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def unpack_checkpoint(data: bytes) -> dict:
+    import io
+    if not data.startswith(_MAGIC):  # a plain torch.save file (written without the integrity header)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if len(data) < len(_MAGIC) + 32:
+        raise ValueError("truncated checkpoint")
+    digest, payload = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError("checksum mismatch (truncated or corrupted file)")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def _result_digest(result: dict) -> str:
+    body = {k: v for k, v in result.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal_result(result: dict) -> dict:
+    return {**result, "checksum": _result_digest(result)}
+
+
+def verify_result(result) -> dict:
+    """Raise ValueError unless ``result`` is a complete, unmodified result.json document."""
+    if not isinstance(result, dict):
+        raise ValueError("not a JSON object")
+    if result.get("status") not in ("done", "failed"):
+        raise ValueError(f"unknown status {result.get('status')!r}")
+    if "checksum" in result:
+        if result["checksum"] != _result_digest(result):
+            raise ValueError("checksum mismatch")
+    else:  # written without a checksum: accept only a complete document
+        missing = [k for k in _REQUIRED if k not in result]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+    return result
+
+
+_REQUIRED = ("status", "config_hash", "recipe", "track", "dataset", "backbone", "method", "seed", "epochs",
+             "epochs_run", "final_top1", "best_top1", "wall_time_s")
+
+
 # --- run directory -----------------------------------------------------------------------------------------
 
 class RunDir:
@@ -101,22 +156,23 @@ class RunDir:
         if not self.file(CONFIG).exists():
             atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=True))
 
-    def read_result(self) -> dict | None:
-        """The run's result, or None when it has none or it is unreadable (then it is not done)."""
+    def read_result(self, warn=None) -> dict | None:
+        """The run's result, or None when it has none or it is unreadable/corrupt (then it is not done)."""
         p = self.file(RESULT)
         if not p.exists():
             return None
         try:
-            res = read_json(p)
-        except (OSError, ValueError):
+            return verify_result(read_json(p))
+        except (OSError, ValueError) as exc:
+            if warn:
+                warn(f"{p} is corrupt ({exc}); the run is not counted as done")
             return None
-        return res if isinstance(res, dict) and res.get("status") in ("done", "failed") else None
 
     def is_done(self) -> bool:
         return self.read_result() is not None
 
     def write_result(self, result: dict) -> None:
-        write_json(self.file(RESULT), result)
+        write_json(self.file(RESULT), seal_result(result))
 
     def clear(self) -> None:
         """Forget a previous attempt (``--force``): result, checkpoints, metrics."""
@@ -126,13 +182,11 @@ class RunDir:
             except FileNotFoundError:
                 pass
 
-    # checkpoints: keep the last two; fall back to the previous one when the last is unreadable
+    # checkpoints: keep the last two, each with a sha256 of its payload; fall back to the previous one
+    # when the last is truncated, corrupt or unreadable
     def save_checkpoint(self, state: dict) -> None:
         ckpt, prev = self.file(CKPT), self.file(CKPT_PREV)
-        import io
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
+        data = pack_checkpoint(state)
         if ckpt.exists():
             os.replace(ckpt, prev)
         atomic_write_bytes(ckpt, data)
@@ -142,7 +196,7 @@ class RunDir:
             if not p.exists():
                 continue
             try:
-                state = torch.load(p, map_location="cpu", weights_only=False)
+                state = unpack_checkpoint(p.read_bytes())
                 if not isinstance(state, dict) or "epoch" not in state:
                     raise ValueError("not a bnnbench checkpoint")
                 return state

@@ -106,6 +106,39 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
             "test_top5": 100.0 * correct5.item() / n}
 
 
+class Preempted(Exception):
+    """A SIGTERM/SIGUSR1 arrived; the run's full state is checkpointed and the next start resumes it."""
+
+
+class PreemptionGuard:
+    """Record SIGTERM / SIGUSR1 (what Slurm sends before preemption) instead of dying mid-write."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, scaler, method,
                use_amp: bool, grad_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; the method's gradient edit sees unscaled (true-unit) gradients."""
@@ -152,6 +185,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
 
     history: list[dict] = []
     start_epoch, train_time, images = 0, 0.0, 0
+    partial = None
     state = run.load_checkpoint(warn)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -159,64 +193,90 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
         scaler.load_state_dict(state["scaler"])
         tracker.load_state_dict(state["flips"])
         history = state["history"]
-        start_epoch, train_time, images = state["epoch"] + 1, state["train_time"], state["images"]
+        train_time, images = state["train_time"], state["images"]
+        partial = state.get("partial")
+        start_epoch = partial["epoch"] if partial else state["epoch"] + 1
         run.write_metrics(history)
-        init = torch.load(run.file("init_weights.pt"), map_location="cpu") if run.file("init_weights.pt").exists() \
-            else None
-        if init is not None:
-            tracker.init_weights = init
+        if run.file("init_weights.pt").exists():
+            tracker.init_weights = torch.load(run.file("init_weights.pt"), map_location="cpu")
     else:
         atomic_torch_save(tracker.init_weights, run.file("init_weights.pt"))
 
+    def snapshot(epoch_done: int, partial_state: dict | None = None) -> dict:
+        return {"epoch": epoch_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "flips": tracker.state_dict(), "history": history,
+                "train_time": train_time, "images": images, "config_hash": config_hash(cfg),
+                "partial": partial_state}
+
     status, reason = "done", None
-    for epoch in range(start_epoch, epochs):
-        method.on_epoch_start(model, epoch, epochs)
-        tracker.start_epoch()
-        train_loader.set_epoch(epoch)
-        model.train()
-        progress.start_epoch(epoch, epochs, steps)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        if not per_iter:
-            set_lr(optimizer, lr_at(tr, epoch))
-        te = time.time()
-        for i, (x, y) in enumerate(train_loader):
-            if per_iter:
-                set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
-            loss, out = train_step(model, x, y, criterion, optimizer, scaler, method, use_amp, tr["grad_clip"])
-            tracker.step()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
-            progress.advance(loss.detach())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.time() - te
-        train_time += epoch_time
-        images += seen
-        train_loss = loss_sum.item() / seen
-        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                               "train_top1": 100.0 * correct.item() / seen, "epoch_time": epoch_time,
-                               "images_per_s": seen / epoch_time}
-        if not math.isfinite(train_loss):
-            status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch}"
-            row.update(test_loss=None, test_top1=None, test_top5=None)
+    with PreemptionGuard() as guard:
+        for epoch in range(start_epoch, epochs):
+            method.on_epoch_start(model, epoch, epochs)
+            train_loader.set_epoch(epoch)
+            model.train()
+            progress.start_epoch(epoch, epochs, steps)
+            if partial is not None and partial["epoch"] == epoch:  # resume inside this epoch
+                first = partial["step"]
+                loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
+                correct = torch.tensor(partial["correct"], device=device, dtype=torch.int64)
+                seen, elapsed = partial["seen"], partial["epoch_time"]
+                partial = None
+            else:
+                tracker.start_epoch()
+                first, seen, elapsed = 0, 0, 0.0
+                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                correct = torch.zeros((), device=device, dtype=torch.int64)
+            if not per_iter:
+                set_lr(optimizer, lr_at(tr, epoch))
+            te = time.time()
+            finite = True
+            for i, (x, y) in enumerate(train_loader.iter_from(first), start=first):
+                if per_iter:
+                    set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
+                loss, out = train_step(model, x, y, criterion, optimizer, scaler, method, use_amp, tr["grad_clip"])
+                tracker.step()
+                loss_sum += loss.double() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+                progress.advance(loss)
+                if i % 50 == 49 and not torch.isfinite(loss_sum):
+                    finite = False
+                    break
+                if guard.signum is not None and i + 1 < steps:
+                    elapsed += time.time() - te
+                    run.save_checkpoint(snapshot(epoch - 1, {
+                        "epoch": epoch, "step": i + 1, "loss_sum": loss_sum.item(), "correct": correct.item(),
+                        "seen": seen, "epoch_time": elapsed}))
+                    raise Preempted(f"signal {guard.signum}: checkpointed {run.name} at epoch {epoch + 1}, "
+                                    f"step {i + 1}/{steps}; run the same command again to resume")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_time = elapsed + time.time() - te
+            train_time += epoch_time
+            images += seen
+            train_loss = loss_sum.item() / max(seen, 1)
+            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                                   "train_top1": 100.0 * correct.item() / max(seen, 1), "epoch_time": epoch_time,
+                                   "images_per_s": seen / epoch_time}
+            if not finite or not math.isfinite(train_loss):
+                status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch + 1}"
+                row.update(test_loss=None, test_top1=None, test_top5=None)
+                history.append(row)
+                run.write_metrics(history)
+                break
+            row.update(evaluate(model, test_loader, device, use_amp))
+            flips = tracker.epoch_stats()
+            row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
+            row["flip_layers"] = flips["layers"]
+            row.update(method.epoch_stats(model))
             history.append(row)
+            run.save_checkpoint(snapshot(epoch))
             run.write_metrics(history)
-            break
-        row.update(evaluate(model, test_loader, device, use_amp))
-        flips = tracker.epoch_stats()
-        row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
-        row["flip_layers"] = flips["layers"]
-        row.update(method.epoch_stats(model))
-        history.append(row)
-        run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "flips": tracker.state_dict(), "history": history,
-                             "train_time": train_time, "images": images, "config_hash": config_hash(cfg)})
-        run.write_metrics(history)
-        run.heartbeat()
-        progress.end_epoch(row)
+            run.heartbeat()
+            progress.end_epoch(row)
+            if guard.signum is not None and epoch + 1 < epochs:
+                raise Preempted(f"signal {guard.signum}: checkpointed {run.name} after epoch {epoch + 1}; "
+                                f"run the same command again to resume")
 
     if status == "done":
         torch.save(tracker.never_flipped(), run.file("flips.pt"))

@@ -122,8 +122,8 @@ def test_resume_continues_and_matches_uninterrupted(setup, tmp_path):
             seen.append(epoch)
     res = train_run(cfg, b, torch.device("cpu"), setup["data"], progress=Record())
     assert seen == [2] and res["epochs_run"] == 3
-    sa = torch.load(a.file("checkpoint.pt"), weights_only=False)["model"]
-    sb = torch.load(b.file("checkpoint.pt"), weights_only=False)["model"]
+    sa = a.load_checkpoint()["model"]
+    sb = b.load_checkpoint()["model"]
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     ma, mb = a.read_metrics(), b.read_metrics()

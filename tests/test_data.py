@@ -2,24 +2,23 @@
 import pytest
 import torch
 
-from bnnbench.data import TensorLoader, crop_flip, load_tensor_dataset, subset
+from bnnbench.data import TensorLoader, crop_flip, draw_augment, load_tensor_dataset, subset
 from bnnbench.errors import DataError
 from conftest import SHARED
 
 
 def test_crop_flip_matches_per_image_reference():
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
-    gen = torch.Generator().manual_seed(3)
-    out = crop_flip(x, 2, True, gen)
-    gen = torch.Generator().manual_seed(3)
-    oy, ox = torch.randint(0, 5, (2,), generator=gen), torch.randint(0, 5, (2,), generator=gen)
-    flip = torch.rand(2, generator=gen) < 0.5
+    oy, ox, fl = torch.tensor([0, 4]), torch.tensor([3, 1]), torch.tensor([True, False])
+    out = crop_flip(x, 2, oy, ox, fl)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
         ref = padded[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 6]
-        if flip[i]:
+        if fl[i]:
             ref = ref.flip(2)
         assert torch.equal(out[i], ref)
+    oy, ox, fl = draw_augment(1000, 4, True, torch.Generator().manual_seed(0))
+    assert oy.min() == 0 and oy.max() == 8 and 0.4 < fl.float().mean() < 0.6
 
 
 def test_loader_order_depends_only_on_seed_and_epoch():
@@ -35,6 +34,11 @@ def test_loader_order_depends_only_on_seed_and_epoch():
     b.set_epoch(4)
     assert not torch.equal(next(iter(a))[1], next(iter(b))[1])
     assert sorted(torch.cat([yb for _, yb in a]).tolist()) == list(range(50)) and len(a) == 4
+    # resuming mid-epoch yields exactly the remaining batches of a full pass
+    full = list(a)
+    rest = list(a.iter_from(2))
+    assert len(rest) == 2 and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
+                                  for p, q in zip(full[2:], rest))
 
 
 def test_digits_is_embedded():
