@@ -152,11 +152,10 @@ def plan(args) -> tuple[list[dict], object]:
 
 
 def cmd_run(args, console) -> int:
-    from .data import EMBEDDED, load_tensor_dataset
     from .progress import RichProgress
     from .report import build_tables, collect, print_console, write_reports
     from .store import RunDir, check_writable, run_name
-    from .trainer import Preempted, resolve_device, train_run
+    from .trainer import Preempted, checked_data, resolve_device, train_run
     configs, recipe = plan(args)
     device = resolve_device(args.device)
     out = args.out
@@ -175,8 +174,9 @@ def cmd_run(args, console) -> int:
             console.print(f"  done       {rd.name}")
         return 0
     check_writable(runs_dir)
-    if todo and recipe.dataset not in ("imagenet",) and recipe.dataset not in EMBEDDED:
-        load_tensor_dataset(recipe.dataset, data_root, download=not args.no_download)  # fail before compute
+    if recipe.dataset != "imagenet":
+        for cfg, _ in todo:  # missing data, bad subsets and oversized batches fail before any compute
+            checked_data(cfg, data_root)
     warn = _warn_to(console)
     failures = 0
     for k, (cfg, rd) in enumerate(todo, 1):

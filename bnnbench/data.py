@@ -11,6 +11,7 @@ Every dataset is reached through :func:`load_dataset`; a missing or malformed da
 """
 from __future__ import annotations
 
+import functools
 import math
 import socket
 from collections.abc import Iterator
@@ -176,7 +177,13 @@ def check_dataset_name(name: str, source: str) -> None:
 
 
 def load_tensor_dataset(name: str, root: Path, download: bool = True) -> TensorData:
+    """Load (once per process: cached) an in-memory dataset."""
     check_dataset_name(name, "recipe")
+    return _load_cached(name, str(Path(root).resolve()), download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str, download: bool) -> TensorData:
     return TENSOR_DATASETS[name](Path(root), download)
 
 

@@ -63,16 +63,23 @@ def git_commit() -> str | None:
         return None
 
 
-def make_loaders(cfg: dict, device: torch.device, data_root: Path):
-    """(train_loader, test_loader, num_classes) for the run's dataset and settings."""
+def checked_data(cfg: dict, data_root: Path):
+    """The run's in-memory dataset (subset applied), after checking the batch size against it."""
     tr = cfg["train"]
-    if cfg["dataset"] == "imagenet":
-        return imagenet_loaders(data_root, tr["batch_size"], tr["eval_batch_size"], tr["workers"], cfg["seed"])
     data = load_tensor_dataset(cfg["dataset"], data_root, download=cfg.get("download", True))
     data = subset(data, tr["train_subset"], tr["test_subset"])
     if tr["batch_size"] > len(data.train_y):
         raise ConfigError(f"batch_size = {tr['batch_size']} is larger than the {len(data.train_y)} training "
                           f"images of {data.name} (recipe {cfg['recipe']}); lower it")
+    return data
+
+
+def make_loaders(cfg: dict, device: torch.device, data_root: Path):
+    """(train_loader, test_loader, num_classes) for the run's dataset and settings."""
+    tr = cfg["train"]
+    if cfg["dataset"] == "imagenet":
+        return imagenet_loaders(data_root, tr["batch_size"], tr["eval_batch_size"], tr["workers"], cfg["seed"])
+    data = checked_data(cfg, data_root)
     mean, std = data.stats() if tr["normalize"] == "dataset" else NORMALIZATIONS[tr["normalize"]]
     if tr["augment"] == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")

@@ -78,3 +78,12 @@ def golden():
             pytest.skip(f"golden file {p} not available (../shared absent)")
         return torch.load(p)
     return load
+
+
+#: tallies printed at the end of the test run (README "Reliability" section)
+TALLY = {"faults injected": 0, "bad inputs tried": 0}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(TALLY.values()):
+        terminalreporter.write_line("reliability: " + ", ".join(f"{v} {k}" for k, v in TALLY.items()))
