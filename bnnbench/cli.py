@@ -152,10 +152,10 @@ def plan(args) -> tuple[list[dict], object]:
 
 
 def cmd_run(args, console) -> int:
-    from .progress import RichProgress
+    from .plots import plot_all
     from .report import build_tables, collect, print_console, write_reports
     from .store import RunDir, check_writable, run_name
-    from .trainer import Preempted, checked_data, resolve_device, train_run
+    from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
     device = resolve_device(args.device)
     out = args.out
@@ -177,18 +177,40 @@ def cmd_run(args, console) -> int:
     if recipe.dataset != "imagenet":
         for cfg, _ in todo:  # missing data, bad subsets and oversized batches fail before any compute
             checked_data(cfg, data_root)
+    failures = run_matrix(todo, device, data_root, args.force, console)
+    if failures is None:
+        return EXIT_PREEMPTED
+    warn = _warn_to(console)
+    runs = collect(out, warn)
+    tables = build_tables(runs)
+    print_console(tables, console)
+    files = write_reports(out, tables)
+    plots = plot_all(runs, out)
+    console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
+                  + f"; {len(plots)} plots in {out / 'plots'}")
+    return EXIT_RUN_FAILED if failures else 0
+
+
+def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
+    """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
+    from .progress import RichProgress
+    from .trainer import PREEMPTION, Preempted, train_run
     warn = _warn_to(console)
     failures = 0
     for k, (cfg, rd) in enumerate(todo, 1):
+        if PREEMPTION.signum is not None:
+            console.print(f"[yellow]preempted[/yellow]: signal {PREEMPTION.signum} before {rd.name}; "
+                          f"rerun the same command to continue the sweep")
+            return None
         rd.path.mkdir(parents=True, exist_ok=True)
         if not rd.claim():
             console.print(f"[{k}/{len(todo)}] {rd.name}: claimed by another worker, skipped")
             continue
         try:
-            if rd.is_done() and not args.force:
+            if rd.is_done() and not force:
                 console.print(f"[{k}/{len(todo)}] {rd.name}: finished by another worker")
                 continue
-            if args.force:
+            if force:
                 rd.clear()
             rd.create(cfg)
             console.print(f"[{k}/{len(todo)}] [bold]{cfg['method']}[/bold] on {cfg['backbone']} seed {cfg['seed']}"
@@ -198,7 +220,7 @@ def cmd_run(args, console) -> int:
                     result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
             except Preempted as exc:
                 console.print(f"[yellow]preempted[/yellow]: {exc}")
-                return EXIT_PREEMPTED
+                return None
             if result["status"] != "done":
                 failures += 1
                 console.print(f"[red]run failed:[/red] {result['reason']}")
@@ -207,15 +229,7 @@ def cmd_run(args, console) -> int:
                               f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
         finally:
             rd.release()
-    from .plots import plot_all
-    runs = collect(out, warn)
-    tables = build_tables(runs)
-    print_console(tables, console)
-    files = write_reports(out, tables)
-    plots = plot_all(runs, out)
-    console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
-                  + f"; {len(plots)} plots in {out / 'plots'}")
-    return EXIT_RUN_FAILED if failures else 0
+    return failures
 
 
 def cmd_report(argv: list[str], console) -> int:
@@ -252,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             load_plugin(spec)
         if args.list:
             return cmd_list(console)
-        return cmd_run(args, console)
+        from .trainer import PREEMPTION
+        with PREEMPTION:  # a SIGTERM/SIGUSR1 from here on checkpoints and exits with status 75
+            return cmd_run(args, console)
     except BnnBenchError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return EXIT_BAD_INPUT

@@ -118,13 +118,18 @@ class Preempted(Exception):
 
 
 class PreemptionGuard:
-    """Record SIGTERM / SIGUSR1 (what Slurm sends before preemption) instead of dying mid-write."""
+    """Record SIGTERM / SIGUSR1 (what Slurm sends before preemption) instead of dying mid-write.
+
+    Re-entrant: the CLI holds it around a whole sweep and the trainer around a run; handlers are
+    installed by the outermost ``with`` (main thread only) and restored when it exits.
+    """
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict = {}
+        self._depth = 0
 
     def _handler(self, signum, frame):
         self.signum = signum
@@ -132,7 +137,9 @@ class PreemptionGuard:
     def __enter__(self):
         import signal
         import threading
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
+            self.signum = None
             for name in self.SIGNALS:
                 sig = getattr(signal, name, None)
                 if sig is not None:
@@ -141,9 +148,15 @@ class PreemptionGuard:
 
     def __exit__(self, *exc):
         import signal
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+            self._old.clear()
         return False
+
+
+PREEMPTION = PreemptionGuard()
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, scaler, method,
@@ -216,7 +229,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                 "partial": partial_state}
 
     status, reason = "done", None
-    with PreemptionGuard() as guard:
+    with PREEMPTION as guard:
         for epoch in range(start_epoch, epochs):
             method.on_epoch_start(model, epoch, epochs)
             train_loader.set_epoch(epoch)

@@ -88,17 +88,18 @@ def test_kill9_at_random_points_then_resume_matches(env, reference):
 def test_sigterm_and_sigusr1_checkpoint_and_resume(env, reference):
     args, tmp = env
     out = tmp / "pre"
+    rng = random.Random(7)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         p = start(args(out))
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            runs = out / "runs"
-            if runs.is_dir() and any((d / "metrics.jsonl").exists() for d in runs.iterdir()):
+        head = []
+        for line in p.stdout:  # wait until the run has started, then signal at a random point
+            head.append(line)
+            if " -> " in line:
                 break
-            time.sleep(0.2)
-        time.sleep(0.3)
+        time.sleep(rng.uniform(0.0, 2.0))
         p.send_signal(sig)
         log, _ = p.communicate(timeout=300)
+        log = "".join(head) + log
         TALLY["faults injected"] += 1
         if p.returncode == 0:  # the run finished before the signal landed: nothing to resume
             break
