@@ -152,12 +152,15 @@ def plan(args) -> tuple[list[dict], object]:
 
 
 def cmd_run(args, console) -> int:
+    from . import distributed as ddp
     from .plots import plot_all
     from .report import build_tables, collect, print_console, write_reports
     from .store import RunDir, check_writable, run_name
     from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
-    device = resolve_device(args.device)
+    device = ddp.setup(args.device) or resolve_device(args.device)
+    if not ddp.is_main():
+        console.quiet = True
     out = args.out
     data_root = args.data_root or default_data_root()
     runs_dir = out / "runs"
@@ -173,13 +176,16 @@ def cmd_run(args, console) -> int:
         for cfg, rd in skipped:
             console.print(f"  done       {rd.name}")
         return 0
-    check_writable(runs_dir)
+    if ddp.is_main():
+        check_writable(runs_dir)
     if recipe.dataset != "imagenet":
         for cfg, _ in todo:  # missing data, bad subsets and oversized batches fail before any compute
             checked_data(cfg, data_root)
     failures = run_matrix(todo, device, data_root, args.force, console)
     if failures is None:
         return EXIT_PREEMPTED
+    if not ddp.is_main():
+        return EXIT_RUN_FAILED if failures else 0
     warn = _warn_to(console)
     runs = collect(out, warn)
     tables = build_tables(runs)
@@ -194,6 +200,7 @@ def cmd_run(args, console) -> int:
 def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
     from .progress import RichProgress
+    from . import distributed as ddp
     from .trainer import PREEMPTION, Preempted, train_run
     warn = _warn_to(console)
     failures = 0
@@ -202,17 +209,23 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
             console.print(f"[yellow]preempted[/yellow]: signal {PREEMPTION.signum} before {rd.name}; "
                           f"rerun the same command to continue the sweep")
             return None
-        rd.path.mkdir(parents=True, exist_ok=True)
-        if not rd.claim():
-            console.print(f"[{k}/{len(todo)}] {rd.name}: claimed by another worker, skipped")
+        decision = "run"
+        if ddp.is_main():  # rank 0 claims and prepares the run directory; the other ranks follow
+            rd.path.mkdir(parents=True, exist_ok=True)
+            if not rd.claim():
+                decision = "claimed by another worker, skipped"
+            elif rd.is_done() and not force:
+                rd.release()
+                decision = "finished by another worker"
+            else:
+                if force:
+                    rd.clear()
+                rd.create(cfg)
+        decision = ddp.broadcast(decision)
+        if decision != "run":
+            console.print(f"[{k}/{len(todo)}] {rd.name}: {decision}")
             continue
         try:
-            if rd.is_done() and not force:
-                console.print(f"[{k}/{len(todo)}] {rd.name}: finished by another worker")
-                continue
-            if force:
-                rd.clear()
-            rd.create(cfg)
             console.print(f"[{k}/{len(todo)}] [bold]{cfg['method']}[/bold] on {cfg['backbone']} seed {cfg['seed']}"
                           f" -> {rd.path}")
             try:
@@ -228,7 +241,8 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
                 console.print(f"  final top-1 {result['final_top1']:.2f}  best {result['best_top1']:.2f}  "
                               f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
         finally:
-            rd.release()
+            if ddp.is_main():
+                rd.release()
     return failures
 
 
@@ -266,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             load_plugin(spec)
         if args.list:
             return cmd_list(console)
+        from . import distributed as ddp
         from .trainer import PREEMPTION
-        with PREEMPTION:  # a SIGTERM/SIGUSR1 from here on checkpoints and exits with status 75
-            return cmd_run(args, console)
+        try:
+            with PREEMPTION:  # a SIGTERM/SIGUSR1 from here on checkpoints and exits with status 75
+                return cmd_run(args, console)
+        finally:
+            ddp.shutdown()
     except BnnBenchError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return EXIT_BAD_INPUT

@@ -237,7 +237,7 @@ class TensorLoader:
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, drop_last: bool,
                  mean, std, device: torch.device, seed: int = 0, crop_pad: int = 0, flip: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
         keep_on_device = self.device.type == "cuda"
         self.x = x.to(self.device) if keep_on_device else x
@@ -248,6 +248,7 @@ class TensorLoader:
         self.seed, self.epoch = seed, 0
         self.crop_pad, self.flip = crop_pad, flip
         self.channels_last = channels_last
+        self.rank, self.world = shard
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -273,7 +274,7 @@ class TensorLoader:
             oy, ox, fl = draw_augment(n, self.crop_pad, self.flip, gen)
         order_dev = order.to(self.x.device)
         for i in range(start, len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sl = slice(i * self.batch_size + self.rank, (i + 1) * self.batch_size, self.world)
             idx = order_dev[sl]
             xb = self.x[idx].to(self.device, non_blocking=True)
             yb = self.y[idx].to(self.device, non_blocking=True)
@@ -305,7 +306,7 @@ class Lighting:
 
 
 def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers: int, seed: int,
-                     lighting: float = 0.1, scale=(0.08, 1.25), size: int = 224):
+                     lighting: float = 0.1, scale=(0.08, 1.25), size: int = 224, shard=(0, 1)):
     """ImageFolder train/val loaders with the ReCU/OvSW augmentations (methods_spec section 4)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
@@ -321,8 +322,10 @@ def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers:
     train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
     if train.classes != val.classes:
         raise DataError(f"imagenet under {root}: train/ and val/ have different class folders")
-    return (FolderLoader(train, batch_size, shuffle=True, workers=workers, seed=seed),
-            FolderLoader(val, eval_batch_size, shuffle=False, workers=workers, seed=seed), len(train.classes))
+    rank, world = shard
+    return (FolderLoader(train, batch_size, shuffle=True, workers=workers, seed=seed, rank=rank, world=world),
+            FolderLoader(val, eval_batch_size, shuffle=False, workers=workers, seed=seed, rank=rank, world=world),
+            len(train.classes))
 
 
 class FolderLoader:

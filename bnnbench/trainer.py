@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from . import distributed as ddp
 from .arch import build_model
 from .data import NORMALIZATIONS, TensorLoader, imagenet_loaders, load_tensor_dataset, subset
 from .errors import ConfigError
@@ -75,15 +76,21 @@ def checked_data(cfg: dict, data_root: Path):
 
 
 def make_loaders(cfg: dict, device: torch.device, data_root: Path):
-    """(train_loader, test_loader, num_classes) for the run's dataset and settings."""
+    """(train_loader, test_loader, num_classes) for the run's dataset and settings (this rank's share)."""
     tr = cfg["train"]
+    shard = (ddp.rank(), ddp.world_size() if ddp.active() else 1)
+    if tr["batch_size"] % shard[1]:
+        raise ConfigError(f"batch_size = {tr['batch_size']} (the global batch) must be divisible by the "
+                          f"{shard[1]} processes of this torchrun job")
     if cfg["dataset"] == "imagenet":
-        return imagenet_loaders(data_root, tr["batch_size"], tr["eval_batch_size"], tr["workers"], cfg["seed"])
+        return imagenet_loaders(data_root, tr["batch_size"] // shard[1], tr["eval_batch_size"], tr["workers"],
+                                cfg["seed"], shard=shard)
     data = checked_data(cfg, data_root)
     mean, std = data.stats() if tr["normalize"] == "dataset" else NORMALIZATIONS[tr["normalize"]]
     if tr["augment"] == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
-    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=device.type == "cuda")
+    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=device.type == "cuda",
+                  shard=shard)
     train = TensorLoader(data.train_x, data.train_y, tr["batch_size"], shuffle=True, drop_last=False,
                          crop_pad=4 if tr["augment"] in ("cifar", "crop") else 0,
                          flip=tr["augment"] == "cifar", **common)
@@ -109,8 +116,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
         correct5 += hits.any(dim=1).sum()
         n += len(y)
     model.train()
-    return {"test_loss": loss_sum.item() / n, "test_top1": 100.0 * correct1.item() / n,
-            "test_top5": 100.0 * correct5.item() / n}
+    totals = ddp.all_reduce_sum(torch.stack([loss_sum, correct1.double(), correct5.double(),
+                                             torch.tensor(float(n), device=device, dtype=torch.float64)]))
+    loss, c1, c5, n = totals.tolist()
+    return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n}
 
 
 class Preempted(Exception):
@@ -192,13 +201,16 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    input_size = spec.input_size
-    ops = count_ops(model, input_size).as_dict()
-    optimizer = make_optimizer(model, tr)
+    ops = count_ops(model, spec.input_size).as_dict()
+    net = model  # the plain module: hooks, flip tracking and checkpoints use it; `model` may be DDP
+    if ddp.active():
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    main = ddp.is_main()
+    optimizer = make_optimizer(net, tr)
     use_amp = bool(tr["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=tr["label_smoothing"])
-    tracker = FlipTracker(model)
+    tracker = FlipTracker(net)
     epochs = tr["epochs"]
     steps = len(train_loader)
     per_iter = tr["lr_step"] == "iter"
@@ -208,7 +220,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     partial = None
     state = run.load_checkpoint(warn)
     if state is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         tracker.load_state_dict(state["flips"])
@@ -216,14 +228,15 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
         train_time, images = state["train_time"], state["images"]
         partial = state.get("partial")
         start_epoch = partial["epoch"] if partial else state["epoch"] + 1
-        run.write_metrics(history)
+        if main:
+            run.write_metrics(history)
         if run.file("init_weights.pt").exists():
             tracker.init_weights = torch.load(run.file("init_weights.pt"), map_location="cpu")
-    else:
+    elif main:
         atomic_torch_save(tracker.init_weights, run.file("init_weights.pt"))
 
     def snapshot(epoch_done: int, partial_state: dict | None = None) -> dict:
-        return {"epoch": epoch_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"epoch": epoch_done, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "flips": tracker.state_dict(), "history": history,
                 "train_time": train_time, "images": images, "config_hash": config_hash(cfg),
                 "partial": partial_state}
@@ -231,7 +244,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     status, reason = "done", None
     with PREEMPTION as guard:
         for epoch in range(start_epoch, epochs):
-            method.on_epoch_start(model, epoch, epochs)
+            method.on_epoch_start(net, epoch, epochs)
             train_loader.set_epoch(epoch)
             model.train()
             progress.start_epoch(epoch, epochs, steps)
@@ -259,49 +272,59 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                 correct += (out.argmax(1) == y).sum()
                 seen += len(y)
                 progress.advance(loss)
-                if i % 50 == 49 and not torch.isfinite(loss_sum):
+                if i % 50 == 49 and not torch.isfinite(ddp.all_reduce_sum(loss_sum.clone())):
                     finite = False
                     break
-                if guard.signum is not None and i + 1 < steps:
+                if ddp.any_rank(guard.signum is not None, device) and i + 1 < steps:
                     elapsed += time.time() - te
-                    run.save_checkpoint(snapshot(epoch - 1, {
-                        "epoch": epoch, "step": i + 1, "loss_sum": loss_sum.item(), "correct": correct.item(),
-                        "seen": seen, "epoch_time": elapsed}))
+                    if main:  # partial sums are this rank's; they are reduced when the epoch ends
+                        run.save_checkpoint(snapshot(epoch - 1, {
+                            "epoch": epoch, "step": i + 1, "loss_sum": loss_sum.item(),
+                            "correct": correct.item(), "seen": seen, "epoch_time": elapsed}))
+                    ddp.barrier()
                     raise Preempted(f"signal {guard.signum}: checkpointed {run.name} at epoch {epoch + 1}, "
                                     f"step {i + 1}/{steps}; run the same command again to resume")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_time = elapsed + time.time() - te
             train_time += epoch_time
-            images += seen
-            train_loss = loss_sum.item() / max(seen, 1)
+            totals = ddp.all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                     torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+            loss_total, correct_total, seen_total = totals.tolist()
+            images += int(seen_total)
+            train_loss = loss_total / max(seen_total, 1)
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                                   "train_top1": 100.0 * correct.item() / max(seen, 1), "epoch_time": epoch_time,
-                                   "images_per_s": seen / epoch_time}
+                                   "train_top1": 100.0 * correct_total / max(seen_total, 1), "epoch_time": epoch_time,
+                                   "images_per_s": seen_total / epoch_time}
             if not finite or not math.isfinite(train_loss):
                 status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch + 1}"
                 row.update(test_loss=None, test_top1=None, test_top5=None)
                 history.append(row)
-                run.write_metrics(history)
+                if main:
+                    run.write_metrics(history)
                 break
             row.update(evaluate(model, test_loader, device, use_amp))
             flips = tracker.epoch_stats()
             row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
             row["flip_layers"] = flips["layers"]
-            row.update(method.epoch_stats(model))
+            row.update(method.epoch_stats(net))
             history.append(row)
-            run.save_checkpoint(snapshot(epoch))
-            run.write_metrics(history)
-            run.heartbeat()
+            if main:
+                run.save_checkpoint(snapshot(epoch))
+                run.write_metrics(history)
+                run.heartbeat()
             progress.end_epoch(row)
             if guard.signum is not None and epoch + 1 < epochs:
                 raise Preempted(f"signal {guard.signum}: checkpointed {run.name} after epoch {epoch + 1}; "
                                 f"run the same command again to resume")
 
-    if status == "done":
-        torch.save(tracker.never_flipped(), run.file("flips.pt"))
     result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops)
-    run.write_result(result)
+    result["processes"] = ddp.world_size() if ddp.active() else 1
+    if main:
+        if status == "done":
+            atomic_torch_save(tracker.never_flipped(), run.file("flips.pt"))
+        run.write_result(result)
+    ddp.barrier()
     return result
 
 
