@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the run matrix and what would run")
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
     p.add_argument("--list", action="store_true", help="list methods, backbones and recipes")
+    g = p.add_argument_group("cluster (see README, 'Running on a cluster')")
+    g.add_argument("--launcher", default="local", choices=["local", "slurm"],
+                   help="local: run here (default); slurm: one submitit job per pending run")
+    g.add_argument("--slurm-partition", help="Slurm partition for --launcher slurm")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (>1: DDP across them)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="max jobs of the array running at once")
+    g.add_argument("--slurm-time", type=int, default=3 * 24 * 60, help="job time limit in minutes")
+    g.add_argument("--slurm-cpus", type=int, default=10, help="CPUs per task (data loading)")
+    g.add_argument("--slurm-executor", default="slurm", choices=["slurm", "local"],
+                   help="local: the same submitit path as local processes (testing without a cluster)")
+    g.add_argument("--wait", action="store_true", help="wait for the submitted jobs and print the leaderboard")
     return p
 
 
@@ -158,7 +169,10 @@ def cmd_run(args, console) -> int:
     from .store import RunDir, check_writable, run_name
     from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
-    device = ddp.setup(args.device) or resolve_device(args.device)
+    if args.launcher == "slurm":
+        device = args.device  # resolved inside each job, on the node that runs it
+    else:
+        device = ddp.setup(args.device) or resolve_device(args.device)
     if not ddp.is_main():
         console.quiet = True
     out = args.out
@@ -181,7 +195,16 @@ def cmd_run(args, console) -> int:
     if recipe.dataset != "imagenet":
         for cfg, _ in todo:  # missing data, bad subsets and oversized batches fail before any compute
             checked_data(cfg, data_root)
-    failures = run_matrix(todo, device, data_root, args.force, console)
+    if args.launcher == "slurm":
+        from .launch import submit
+        if args.force:
+            for _, rd in todo:
+                rd.clear()
+        failures = submit(todo, args, data_root, console)
+        if not args.wait:
+            return 0
+    else:
+        failures = run_matrix(todo, device, data_root, args.force, console)
     if failures is None:
         return EXIT_PREEMPTED
     if not ddp.is_main():

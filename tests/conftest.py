@@ -51,7 +51,7 @@ train:
   eval_batch_size: 200
   lr: 0.1
   weight_decay: 5.0e-4
-  warmup_epochs: 1
+  warmup_epochs: {warmup}
   augment: cifar
   normalize: dataset
   seed: 0
@@ -61,7 +61,7 @@ paper:
 
 
 def make_recipe(path: Path, epochs: int = 2) -> Path:
-    path.write_text(TINY_RECIPE.format(epochs=epochs))
+    path.write_text(TINY_RECIPE.format(epochs=epochs, warmup=min(1, epochs - 1)))
     return path
 
 

@@ -1,0 +1,106 @@
+"""Sweeps on Slurm through submitit: one job per pending run of the matrix.
+
+``run_bench.py ... --launcher slurm --slurm-partition P --gpus-per-run G [--array-parallelism K]`` submits
+the pending runs (runs already done are skipped, as locally) as one Slurm job array. Each job trains one
+run with ``G`` GPUs (G > 1: one task per GPU, DDP through submitit's torch.distributed environment) and
+resumes it from its last checkpoint when it starts, so a preempted or timed-out job that submitit requeues
+continues where it stopped. ``run_bench.py report --out DIR`` builds the leaderboard from whatever has
+finished, at any time. ``--slurm-executor local`` runs the same submitit code path as local processes
+(for testing without a cluster).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+class RunJob:
+    """The callable a submitit job executes: train (or resume) one run of the matrix."""
+
+    def __init__(self, out: str, data_root: str, device: str, plugins: list[str]):
+        self.out, self.data_root, self.device, self.plugins = out, data_root, device, plugins
+
+    def __call__(self, cfg: dict) -> dict[str, Any]:
+        import submitit
+
+        from . import distributed as ddp
+        from .registry import load_plugin
+        from .store import RunDir, run_name
+        from .trainer import PREEMPTION, resolve_device, train_run
+        for spec in self.plugins:
+            load_plugin(spec)
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        device = ddp.setup(self.device) or resolve_device(self.device)
+        rd = RunDir(Path(self.out) / "runs" / run_name(cfg))
+        decision = "run"
+        if ddp.is_main():
+            rd.path.mkdir(parents=True, exist_ok=True)
+            if rd.is_done():
+                decision = "done"
+            elif not rd.claim():
+                decision = "claimed"
+            else:
+                rd.create(cfg)
+        decision = ddp.broadcast(decision)
+        if decision != "run":
+            return {"run": rd.name, "status": decision}
+        try:
+            with PREEMPTION:
+                result = train_run(cfg, rd, device, Path(self.data_root))
+        finally:
+            if ddp.is_main():
+                rd.release()
+            ddp.shutdown()
+        return {"run": rd.name, "status": result["status"]}
+
+    def checkpoint(self, cfg: dict):
+        """Called by submitit on preemption/timeout: requeue; the new job resumes from the checkpoint."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(RunJob(self.out, self.data_root, self.device, self.plugins), cfg)
+
+
+def submit(todo: list[tuple[dict, Any]], args, data_root: Path, console) -> int:
+    """Submit one job per pending run; with ``--wait`` wait for them and return 0 if all finished."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher slurm needs submitit: pip install 'bnnbench[slurm]'") from None
+    if args.slurm_executor == "slurm" and not args.slurm_partition:
+        raise ConfigError("--launcher slurm needs --slurm-partition NAME")
+    if args.gpus_per_run < 0:
+        raise ConfigError(f"--gpus-per-run {args.gpus_per_run}: must be >= 0")
+    folder = Path(args.out) / "slurm" / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=args.slurm_executor)
+    tasks = max(1, args.gpus_per_run)
+    params: dict[str, Any] = {"timeout_min": args.slurm_time, "tasks_per_node": tasks, "nodes": 1,
+                              "cpus_per_task": args.slurm_cpus}
+    if args.slurm_executor == "slurm":
+        params.update(slurm_partition=args.slurm_partition, slurm_gpus_per_node=args.gpus_per_run,
+                      slurm_array_parallelism=args.array_parallelism, slurm_signal_delay_s=120)
+    else:
+        params["gpus_per_node"] = args.gpus_per_run
+    executor.update_parameters(name="bnnbench", **params)
+    job = RunJob(str(args.out), str(data_root), args.device, list(args.plugin))
+    cfgs = [cfg for cfg, _ in todo]
+    jobs = executor.map_array(job, cfgs) if cfgs else []
+    for j, (cfg, rd) in zip(jobs, todo):
+        console.print(f"submitted job {j.job_id}: {rd.name}")
+    console.print(f"{len(jobs)} jobs submitted; logs in {folder.parent}; "
+                  f"`run_bench.py report --out {args.out}` builds the leaderboard as they finish")
+    if not args.wait:
+        return 0
+    bad = 0
+    for j in jobs:
+        try:
+            res = j.result()
+            ok = res["status"] in ("done", "failed")
+            bad += res["status"] == "failed"
+            console.print(f"job {j.job_id}: {res['run']} {res['status']}" + ("" if ok else " (not run)"))
+        except Exception as exc:  # noqa: BLE001 - reported per job
+            bad += 1
+            console.print(f"[red]job {j.job_id} failed[/red]: {type(exc).__name__}: {str(exc)[-500:]}")
+    return bad
