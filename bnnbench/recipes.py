@@ -76,6 +76,8 @@ TRAIN_FIELDS: dict[str, tuple[tuple[type, ...], Any, Any, str]] = {
     "train_subset": ((int, type(None)), None, _POS, "train on the first N training images only"),
     "test_subset": ((int, type(None)), None, _POS, "evaluate on the first N test images only"),
     "workers": ((int,), 8, _NONNEG, "data loader worker processes (ImageFolder datasets)"),
+    "loader": ((str,), "torchvision", _choice("torchvision", "dali"),
+               "ImageFolder loading: torchvision DataLoader, or NVIDIA DALI (optional extra; see bnnbench/dali.py)"),
     "seed": ((int,), 0, _NONNEG, "first seed; --seeds N runs seed .. seed + N - 1"),
     "grad_clip": ((numbers.Real, type(None)), None, _POS, "clip the global gradient norm (off by default)"),
     "method_hparams": ((dict,), {}, None, "per-method hyperparameter overrides {method: {key: value}}"),

@@ -82,6 +82,15 @@ def make_loaders(cfg: dict, device: torch.device, data_root: Path):
     if tr["batch_size"] % shard[1]:
         raise ConfigError(f"batch_size = {tr['batch_size']} (the global batch) must be divisible by the "
                           f"{shard[1]} processes of this torchrun job")
+    if cfg["dataset"] == "imagenet" and tr["loader"] == "dali":
+        from .dali import DaliLoader
+        root = Path(data_root)
+        per_rank = dict(seed=cfg["seed"], device=device, workers=tr["workers"], shard=shard)
+        train = DaliLoader(root / "train", tr["batch_size"] // shard[1], train=True, **per_rank)
+        val = DaliLoader(root / "val", tr["eval_batch_size"], train=False, **per_rank)
+        return train, val, len([p for p in (root / "train").iterdir() if p.is_dir()])
+    if tr["loader"] == "dali":
+        raise ConfigError(f"loader = 'dali' is for ImageFolder datasets (imagenet), not {cfg['dataset']}")
     if cfg["dataset"] == "imagenet":
         return imagenet_loaders(data_root, tr["batch_size"] // shard[1], tr["eval_batch_size"], tr["workers"],
                                 cfg["seed"], shard=shard)
