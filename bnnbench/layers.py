@@ -47,12 +47,28 @@ class BinaryConv2d(nn.Conv2d):
         return torch.sign(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(self.binarize_input(x), self.binarize_weight(self.weight), self.bias)
+        wb = self.binarize_weight(self.weight)
         scale = self.output_scale()
-        return out if scale is None else out * scale
+        if scale is not None:  # conv(x, W) * a_c == conv(x, a_c W): scaling the small weight is cheaper
+            wb = wb * scale.reshape(-1, *([1] * (wb.dim() - 1)))
+        return self._conv_forward(self.binarize_input(x), wb, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", binary={type(self).__name__}"
+
+
+def sample_var(x: Tensor) -> Tensor:
+    """Unbiased variance of each sample over all its other dimensions, shaped (N, 1, ..., 1).
+
+    Computed from the first two moments, (sum x^2 - (sum x)^2 / n) / (n - 1), which on CPUs is several
+    times faster than ``torch.var`` (same value to float rounding; gradient 2 (x - mean) / (n - 1)).
+    """
+    f = x.flatten(1)
+    n = f.shape[1]
+    s1 = f.sum(dim=1)
+    s2 = torch.linalg.vector_norm(f, dim=1) ** 2
+    var = ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0.0)
+    return var.view(-1, *([1] * (x.dim() - 1)))
 
 
 def binary_layers(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:

@@ -37,7 +37,7 @@ class _SignClipped(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
-        return g * (u.abs() <= 1).to(g.dtype)
+        return torch.where(u.abs() <= 1, g, torch.zeros((), dtype=g.dtype, device=g.device))
 
 
 class _SignApprox(torch.autograd.Function):
@@ -49,7 +49,8 @@ class _SignApprox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * u.abs(), min=0.0).to(g.dtype)
+        factor = u.abs().to(g.dtype)           # one temporary, then in place: max(0, 2 - 2|u|) * g
+        return factor.mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)
 
 
 class _SignEDE(torch.autograd.Function):
@@ -61,8 +62,8 @@ class _SignEDE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         u, t, k = ctx.saved_tensors
-        factor = k * t * (1.0 - torch.tanh(t * u) ** 2)
-        return g * factor.to(g.dtype), None, None
+        th = torch.tanh(t * u).to(g.dtype)     # then in place: k t (1 - tanh^2(t u)) * g
+        return th.mul_(th).neg_().add_(1.0).mul_(k * t).mul_(g), None, None
 
 
 def sign_ste(u: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d
+from bnnbench.layers import FILTER_DIMS, BinaryConv2d, sample_var
 from bnnbench.method import Method, register_method
 from bnnbench.surrogates import sign_approx, sign_ste
 
@@ -42,7 +42,7 @@ class OvSWConv2d(BinaryConv2d):
 
     def binarize_input(self, x: Tensor) -> Tensor:
         if self.training:
-            x = x / torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + 1e-5).detach()
+            x = x / torch.sqrt(sample_var(x.detach()) + 1e-5)
         return sign_approx(x)
 
     def binarize_weight(self, w: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d
+from bnnbench.layers import FILTER_DIMS, BinaryConv2d, sample_var
 from bnnbench.method import Method, register_method
 from bnnbench.surrogates import sign_approx, sign_ste
 
@@ -39,7 +39,7 @@ def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> flo
 
 def per_sample_normalise(x: Tensor) -> Tensor:
     """x / sqrt(Var_unbiased over (C, H, W) of each sample + 1e-5), gradient through the variance."""
-    return x / torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
+    return x / torch.sqrt(sample_var(x) + 1e-5)
 
 
 class ReCUConv2d(BinaryConv2d):
