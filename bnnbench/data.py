@@ -125,8 +125,16 @@ def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
 
 
 def _mnist_family(root: Path, download: bool, *, cls_name: str) -> TensorData:
+    import gzip
+    import shutil
+
     import torchvision.datasets as tvd
     base = getattr(tvd, cls_name)
+    raw = Path(root) / cls_name / "raw"
+    for gz in raw.glob("*.gz") if raw.is_dir() else []:  # local .gz archives need no download
+        if not gz.with_suffix("").exists():
+            with gzip.open(gz, "rb") as src, open(gz.with_suffix(""), "wb") as dst:
+                shutil.copyfileobj(src, dst)
     try:
         with _socket_timeout(30):
             train = base(str(root), train=True, download=download)

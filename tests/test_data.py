@@ -82,3 +82,39 @@ def test_shared_cifar_copy_loads():
     assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
     assert d.train_y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert torch.bincount(d.train_y).tolist() == [5000] * 10
+
+
+def test_imagenet_folder_loaders(tmp_path):
+    from PIL import Image
+
+    from bnnbench.data import imagenet_loaders
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in ("b_class", "a_class"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                arr = (torch.rand(60, 80, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(tmp_path / split / c / f"{i}.jpg")
+    train, val, classes = imagenet_loaders(tmp_path, 2, 4, workers=0, seed=0)
+    assert classes == 2 and len(train) == 3 and len(val) == 2
+    train.set_epoch(0)
+    x, y = next(iter(train))
+    assert x.shape == (2, 3, 224, 224) and y.dtype == torch.int64
+    xv, yv = next(iter(val))
+    assert xv.shape == (4, 3, 224, 224) and yv.tolist() == [0, 0, 0, 1]  # sorted class folders
+    rest = list(train.iter_from(1))
+    assert len(rest) == 2
+    with pytest.raises(DataError, match="ImageFolder layout"):
+        imagenet_loaders(tmp_path / "nothing", 2, 2, workers=0, seed=0)
+
+
+MNIST_SHARED = SHARED / "data" / "mnist" / "MNIST" / "raw"
+
+
+@pytest.mark.skipif(not MNIST_SHARED.is_dir(), reason="../shared/data/mnist absent")
+def test_mnist_from_a_copy_of_the_shared_folder(tmp_path):
+    import shutil
+    shutil.copytree(MNIST_SHARED, tmp_path / "MNIST" / "raw")
+    d = load_tensor_dataset("mnist", tmp_path, download=False)
+    assert d.train_x.shape == (60000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
+    assert d.num_classes == 10 and d.train_x.dtype == torch.uint8
