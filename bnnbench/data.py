@@ -347,7 +347,7 @@ class FolderLoader:
         self.sampler = torch.utils.data.distributed.DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
-                                                  num_workers=workers, pin_memory=True, drop_last=shuffle,
+                                                  num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=shuffle,
                                                   persistent_workers=workers > 0)
         self.device = torch.device("cpu")
         self.num_samples = len(self.sampler)
@@ -368,7 +368,7 @@ class FolderLoader:
             indices = list(iter(self.sampler))[start * self.loader.batch_size:]
             loader = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size,
                                                  sampler=indices, num_workers=self.loader.num_workers,
-                                                 pin_memory=True, drop_last=self.loader.drop_last)
+                                                 pin_memory=torch.cuda.is_available(), drop_last=self.loader.drop_last)
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
