@@ -108,7 +108,7 @@ def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
     t = time.perf_counter()
     for e in range(epochs):
         loader.set_epoch(e + 1)
-        for xb, _ in loader:
+        for _ in loader:
             pass
     _sync(device)
     return n * epochs / (time.perf_counter() - t)

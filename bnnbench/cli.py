@@ -153,8 +153,9 @@ def plan(args) -> tuple[list[dict], object]:
             hp = METHODS.get(method)(family=spec.family, overrides=overrides, source=src).hp
             for seed in range(train["seed"], train["seed"] + args.seeds):
                 cfg = {"recipe": recipe.name, "track": args.track, "track_note": note, "dataset": recipe.dataset,
-                       "backbone": arch, "hp_cli": hps.get(method, {}), "backbone_options": dict(recipe.backbone_options) if arch == recipe.backbone
-                       else {}, "method": method, "method_hparams": hp, "seed": seed, "train": train,
+                       "backbone": arch, "hp_cli": hps.get(method, {}),
+                       "backbone_options": dict(recipe.backbone_options) if arch == recipe.backbone else {},
+                       "method": method, "method_hparams": hp, "seed": seed, "train": train,
                        "epochs_overridden": args.epochs is not None and args.epochs != recipe_epochs,
                        "recipe_epochs": recipe_epochs, "download": not args.no_download}
                 cfg["hash"] = config_hash(cfg)
@@ -187,7 +188,7 @@ def cmd_run(args, console) -> int:
     if args.dry_run:
         for cfg, rd in todo:
             console.print(f"  would run  {rd.name}  ({cfg['track_note']})")
-        for cfg, rd in skipped:
+        for _, rd in skipped:
             console.print(f"  done       {rd.name}")
         return 0
     if ddp.is_main():
@@ -222,8 +223,8 @@ def cmd_run(args, console) -> int:
 
 def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
-    from .progress import RichProgress
     from . import distributed as ddp
+    from .progress import RichProgress
     from .trainer import PREEMPTION, Preempted, train_run
     warn = _warn_to(console)
     failures = 0

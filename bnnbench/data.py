@@ -347,8 +347,8 @@ class FolderLoader:
         self.sampler = torch.utils.data.distributed.DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
-                                                  num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=shuffle,
-                                                  persistent_workers=workers > 0)
+                                                  num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                                  drop_last=shuffle, persistent_workers=workers > 0)
         self.device = torch.device("cpu")
         self.num_samples = len(self.sampler)
         self.channels_last = False

@@ -62,7 +62,7 @@ class FlipTracker:
     def epoch_stats(self) -> dict:
         """Per-layer and weighted figures (fractions in [0, 1]); synchronises once."""
         rows = []
-        for name, st in self.state.items():
+        for st in self.state.values():
             rows.append(torch.stack([(~st["ever"]).sum(), st["ep_flip"].sum(),
                                      (st["prev"] != st["ep_start"]).sum(), (st["prev"] != st["s0"]).sum()]))
         if not rows:

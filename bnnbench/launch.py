@@ -87,7 +87,7 @@ def submit(todo: list[tuple[dict, Any]], args, data_root: Path, console) -> int:
     job = RunJob(str(args.out), str(data_root), args.device, list(args.plugin))
     cfgs = [cfg for cfg, _ in todo]
     jobs = executor.map_array(job, cfgs) if cfgs else []
-    for j, (cfg, rd) in zip(jobs, todo):
+    for j, (_, rd) in zip(jobs, todo):
         console.print(f"submitted job {j.job_id}: {rd.name}")
     console.print(f"{len(jobs)} jobs submitted; logs in {folder.parent}; "
                   f"`run_bench.py report --out {args.out}` builds the leaderboard as they finish")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-FILTER_DIMS = (1, 2, 3)  # the dimensions spanning one output filter of a (C_out, C_in, kh, kw) weight
-
 from .surrogates import sign_ste
+
+FILTER_DIMS = (1, 2, 3)  # the dimensions spanning one output filter of a (C_out, C_in, kh, kw) weight
 
 
 class BinaryConv2d(nn.Conv2d):

@@ -106,7 +106,7 @@ def ensure_builtins() -> None:
             for ep in metadata.entry_points(group=group):
                 try:
                     ep.load()
-                except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
+                except Exception as exc:
                     raise RegistryError(f"plugin entry point {ep.name!r} = {ep.value!r} (group {group}) "
                                         f"failed to load: {type(exc).__name__}: {exc}") from exc
         _state["loaded"] = True
@@ -119,7 +119,7 @@ def _import(module: str, what: str):
         return importlib.import_module(module)
     except RegistryError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise RegistryError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
@@ -153,7 +153,7 @@ def load_plugin(spec: str) -> str:
         except SyntaxError as exc:
             del sys.modules[mod_name]
             raise RegistryError(f"plugin file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             del sys.modules[mod_name]
             raise RegistryError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
         _loaded_plugins[key] = mod_name

@@ -14,8 +14,8 @@ import io
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from tabulate import tabulate

@@ -14,8 +14,9 @@ import platform
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -360,6 +361,7 @@ def summarize(cfg: dict, history: list[dict], status: str, reason: str | None, t
         "silent": final.get("silent"), "flip_any": final.get("flip_any"), "flip_net": final.get("flip_net"),
         "net_change": final.get("net_change"),
         "wall_time_s": wall, "train_time_s": train_time, "images_per_s": images / train_time if train_time else None,
-        "peak_memory_bytes": int(peak), "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "peak_memory_bytes": int(peak),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "bnnbench": __version__, "git_commit": git_commit(), "ops": ops,
     }

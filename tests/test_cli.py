@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, make_recipe
 
 from bnnbench.cli import build_parser, plan
 from bnnbench.progress import Progress
 from bnnbench.store import RunDir, run_name
 from bnnbench.trainer import train_run
-from conftest import ROOT, make_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,8 @@ def test_resume_continues_and_matches_uninterrupted(setup, tmp_path):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     ma, mb = a.read_metrics(), b.read_metrics()
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]  # noqa
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
     assert strip(ma) == strip(mb)
 
 
@@ -152,7 +153,7 @@ def test_list_and_dry_run(setup):
     assert r.returncode == 0
     for name in ("xnor", "bireal", "irnet", "recu", "ovsw", "resnet18", "resnet34", "cresnet18", "cresnet20",
                  "vgg_small", "digits-cresnet20", "cifar10-cresnet20"):
-        assert re.search(rf"^\s+{name}\s", r.stdout, re.M), name
+        assert re.search(rf"^\s+{name}\s", r.stdout, re.MULTILINE), name
     r = cli("--methods", "all", *run_args(setup, "--seeds", "2", "--dry-run"))
     assert r.returncode == 0 and "10 runs: 10 to run" in r.stdout
     assert not (setup["out"] / "runs").exists()
@@ -160,7 +161,7 @@ def test_list_and_dry_run(setup):
 
 def test_readme_plugin_example_runs(setup, tmp_path):
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- plugin-example -->\s*```python\n(.*?)```", readme, re.S)
+    block = re.search(r"<!-- plugin-example -->\s*```python\n(.*?)```", readme, re.DOTALL)
     assert block, "README must hold the plugin example"
     plugin = tmp_path / "my_method.py"
     plugin.write_text(block.group(1))

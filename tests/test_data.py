@@ -1,10 +1,10 @@
 """Datasets and the tensor loader."""
 import pytest
 import torch
+from conftest import SHARED
 
 from bnnbench.data import TensorLoader, crop_flip, draw_augment, load_tensor_dataset, subset
 from bnnbench.errors import DataError
-from conftest import SHARED
 
 
 def test_crop_flip_matches_per_image_reference():
@@ -24,8 +24,9 @@ def test_crop_flip_matches_per_image_reference():
 def test_loader_order_depends_only_on_seed_and_epoch():
     x = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)
-    mk = lambda: TensorLoader(x, y, 16, shuffle=True, drop_last=False, mean=(0.5,) * 3, std=(0.25,) * 3,  # noqa
-                              device="cpu", seed=1, crop_pad=2, flip=True)
+    def mk():
+        return TensorLoader(x, y, 16, shuffle=True, drop_last=False, mean=(0.5,) * 3, std=(0.25,) * 3,
+                            device="cpu", seed=1, crop_pad=2, flip=True)
     a, b = mk(), mk()
     a.set_epoch(3)
     b.set_epoch(3)

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, make_cifar
 
 from bnnbench.store import RunDir
-from conftest import ROOT, make_cifar
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")]
@@ -46,7 +46,8 @@ RECIPE = """\
 name: nobn
 dataset: cifar10
 backbone: nobn_test
-train: {epochs: 1, batch_size: 50, train_subset: 50, eval_batch_size: 200, lr: 0.1, weight_decay: 5.0e-4, warmup_epochs: 0,
+train: {epochs: 1, batch_size: 50, train_subset: 50, eval_batch_size: 200, lr: 0.1, weight_decay: 5.0e-4,
+        warmup_epochs: 0,
         augment: cifar, normalize: dataset, seed: 0, amp: false}
 """
 

@@ -49,7 +49,8 @@ def test_recu_conv_matches_reference(golden, name, tau):
             conv.tau.copy_(sub["tau"])
     conv, x, out, out_eval = run_conv("recu", d, d["config"]["stride"], dtype, setup)
     rel = 1e-10 if dtype == torch.float64 else 1e-5
-    scale = lambda t: rel * max(1.0, t.abs().max().item())  # noqa: E731
+    def scale(t):
+        return rel * max(1.0, t.abs().max().item())
     assert torch.allclose(out, sub["out_train"], rtol=rel, atol=scale(sub["out_train"]))
     assert torch.allclose(out_eval, sub["out_eval"], rtol=rel, atol=scale(sub["out_eval"]))
     assert torch.allclose(x.grad, sub["grad_x"], rtol=rel, atol=scale(sub["grad_x"]))

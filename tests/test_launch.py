@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, make_recipe
 
 submitit = pytest.importorskip("submitit", reason="submitit not installed (pip install 'bnnbench[slurm]')")

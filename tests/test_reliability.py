@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TALLY, make_cifar, make_recipe
 
 from bnnbench.cli import main
 from bnnbench.store import RunDir, atomic_write_bytes
-from conftest import ROOT, TALLY, make_cifar, make_recipe
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}

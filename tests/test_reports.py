@@ -3,13 +3,13 @@ import json
 
 import pytest
 import torch
+from conftest import make_cifar, make_recipe
 
 from bnnbench.cli import build_parser, main, plan
 from bnnbench.plots import plot_all, plot_curves, plot_silent_hist
 from bnnbench.report import build_tables, collect, render
 from bnnbench.store import RunDir, run_name
 from bnnbench.trainer import train_run
-from conftest import make_cifar, make_recipe
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def test_weight_decay_policies():
     model.add_module("bn1", torch.nn.BatchNorm2d(4))
     model.add_module("downsample", torch.nn.Conv2d(4, 4, 1, bias=False))
     model.add_module("fc", torch.nn.Linear(4, 2))
-    count = lambda groups: [sum(p.numel() for p in g["params"]) for g in groups]  # noqa: E731
+    def count(groups):
+        return [sum(p.numel() for p in g["params"]) for g in groups]
     assert count(param_groups(model, 1e-4, "all")) == [108 + 8 + 16 + 10]
     assert count(param_groups(model, 1e-4, "no_1d")) == [108 + 16 + 8, 8 + 2]
     # ReCU ImageNet: only names containing 'conv' or 'fc' (the FP downsample conv gets none)
