@@ -51,49 +51,79 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _time(fn, device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
 def _median_time(fn, device, repeats: int, warmup: int) -> tuple[float, list[float]]:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = [_time(fn, device) for _ in range(repeats)]
     return statistics.median(times), times
 
 
-def bench_method(method: Method, arch: str, batch: int, device, steps: int, warmup: int, track: bool) -> dict:
-    spec = ARCHITECTURES.get(arch)
-    torch.manual_seed(0)
-    model = build_model(method, arch, 10).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, *spec.input_size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    crit = nn.CrossEntropyLoss()
-    tracker = FlipTracker(model, keep_init=False) if track else None
-    method.on_epoch_start(model, 0, 100)
+class Case:
+    """One method on the backbone, ready to take timed training steps on a fixed batch."""
 
-    def step():
-        train_step(model, x, y, crit, opt, scaler, method, use_amp=device.type == "cuda")
-        if tracker is not None:
-            tracker.step()
-    step_med, step_all = _median_time(step, device, steps, warmup)
-    out = {"step_s": step_med, "step_all_s": step_all, "images_per_s": batch / step_med}
-    hook_med = 0.0
-    if type(method).after_backward is not Method.after_backward:
-        hook_med, _ = _median_time(lambda: method.after_backward(model), device, steps, 2)
-    out["hook_s"] = hook_med
-    out["flip_s"] = _median_time(tracker.step, device, steps, 2)[0] if tracker is not None else 0.0
-    model.eval()
-    with torch.no_grad():
-        eval_med, _ = _median_time(lambda: model(x), device, steps, 2)
-    out["eval_images_per_s"] = batch / eval_med
-    return out
+    def __init__(self, method: Method, arch: str, batch: int, device, track: bool):
+        spec = ARCHITECTURES.get(arch)
+        torch.manual_seed(0)
+        self.method, self.device, self.batch = method, device, batch
+        self.model = build_model(method, arch, 10).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.x = torch.randn(batch, *spec.input_size, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.crit = nn.CrossEntropyLoss()
+        self.tracker = FlipTracker(self.model, keep_init=False) if track else None
+        method.on_epoch_start(self.model, 0, 100)
+        self.edits = type(method).after_backward is not Method.after_backward
+
+    def step(self) -> None:
+        train_step(self.model, self.x, self.y, self.crit, self.opt, self.scaler, self.method,
+                   use_amp=self.device.type == "cuda")
+        if self.tracker is not None:
+            self.tracker.step()
+
+    def parts(self, steps: int) -> dict:
+        """Time the gradient hook, flip tracking and eval separately (after the steps)."""
+        out = {"hook_s": _median_time(lambda: self.method.after_backward(self.model), self.device, steps, 2)[0]
+               if self.edits else 0.0,
+               "flip_s": _median_time(self.tracker.step, self.device, steps, 2)[0] if self.tracker else 0.0}
+        self.model.eval()
+        with torch.no_grad():
+            out["eval_images_per_s"] = self.batch / _median_time(lambda: self.model(self.x), self.device, steps, 2)[0]
+        self.model.train()
+        return out
+
+
+def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, steps: int, warmup: int) -> dict:
+    """Step times of every case, measured round-robin (one step of each case in turn) so that drifts of
+    the machine's speed affect all cases alike; medians and the ratio to the full-precision case."""
+    cases = {name: Case(m, arch, batch, device, track=name != "fp") for name, m in methods.items()}
+    for case in cases.values():
+        for _ in range(warmup):
+            case.step()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(steps):
+        for name, case in cases.items():
+            times[name].append(_time(case.step, device))
+    results = {}
+    for name, case in cases.items():
+        med = statistics.median(times[name])
+        results[name] = {"step_s": med, "step_all_s": times[name], "images_per_s": batch / med,
+                         **case.parts(steps)}
+    fp = results["fp"]["step_s"]
+    for r in results.values():
+        r["ratio_to_fp"] = r["step_s"] / fp
+        r["hook_flip_share"] = (r["hook_s"] + r["flip_s"]) / r["step_s"]
+    return results
 
 
 def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
@@ -119,7 +149,7 @@ def main(argv: list[str], console) -> int:
     p.add_argument("--arch", default="cresnet20")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per case (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -133,16 +163,10 @@ def main(argv: list[str], console) -> int:
     spec = ARCHITECTURES.get(args.arch)
     results = {}
     console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads), "
-                  f"median of {args.steps} steps after {args.warmup} warm-up")
-    fp = bench_method(FullPrecision(), args.arch, args.batch, device, args.steps, args.warmup, track=False)
-    results["fp"] = fp
-    for name in names:
-        method = METHODS.get(name, source="--methods")(family=spec.family)
-        r = bench_method(method, args.arch, args.batch, device, args.steps, args.warmup, track=True)
-        r["ratio_to_fp"] = r["step_s"] / fp["step_s"]
-        r["hook_flip_share"] = (r["hook_s"] + r["flip_s"]) / r["step_s"]
-        results[name] = r
-        console.print(f"  {name:8s} step {1000 * r['step_s']:.1f} ms")
+                  f"median of {args.steps} steps per case, taken round-robin after {args.warmup} warm-up")
+    methods = {"fp": FullPrecision()}
+    methods.update({name: METHODS.get(name, source="--methods")(family=spec.family) for name in names})
+    results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup)
     loader_ips = bench_loader(args.batch, device)
     from rich.table import Table
     table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")

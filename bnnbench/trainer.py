@@ -259,10 +259,11 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
             model.train()
             progress.start_epoch(epoch, epochs, steps)
             if partial is not None and partial["epoch"] == epoch:  # resume inside this epoch
-                first = partial["step"]
-                loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
-                correct = torch.tensor(partial["correct"], device=device, dtype=torch.int64)
-                seen, elapsed = partial["seen"], partial["epoch_time"]
+                first, elapsed = partial["step"], partial["epoch_time"]
+                keep = 1 if main else 0  # sums are global: counted once, on rank 0
+                loss_sum = torch.tensor(keep * partial["loss_sum"], device=device, dtype=torch.float64)
+                correct = torch.tensor(keep * partial["correct"], device=device, dtype=torch.int64)
+                seen = keep * partial["seen"]
                 partial = None
             else:
                 tracker.start_epoch()
@@ -287,10 +288,12 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                     break
                 if ddp.any_rank(guard.signum is not None, device) and i + 1 < steps:
                     elapsed += time.time() - te
-                    if main:  # partial sums are this rank's; they are reduced when the epoch ends
+                    sums = ddp.all_reduce_sum(torch.stack([loss_sum, correct.double(), torch.tensor(
+                        float(seen), device=device, dtype=torch.float64)])).tolist()
+                    if main:  # the epoch's partial sums over all ranks; rank 0 carries them on resume
                         run.save_checkpoint(snapshot(epoch - 1, {
-                            "epoch": epoch, "step": i + 1, "loss_sum": loss_sum.item(),
-                            "correct": correct.item(), "seen": seen, "epoch_time": elapsed}))
+                            "epoch": epoch, "step": i + 1, "loss_sum": sums[0], "correct": int(sums[1]),
+                            "seen": int(sums[2]), "epoch_time": elapsed}))
                     ddp.barrier()
                     raise Preempted(f"signal {guard.signum}: checkpointed {run.name} at epoch {epoch + 1}, "
                                     f"step {i + 1}/{steps}; run the same command again to resume")

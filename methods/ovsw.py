@@ -42,7 +42,7 @@ class OvSWConv2d(BinaryConv2d):
 
     def binarize_input(self, x: Tensor) -> Tensor:
         if self.training:
-            x = x / torch.sqrt(sample_var(x.detach()) + 1e-5)
+            x = x * torch.rsqrt(sample_var(x.detach()) + 1e-5)
         return sign_approx(x)
 
     def binarize_weight(self, w: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> flo
 
 def per_sample_normalise(x: Tensor) -> Tensor:
     """x / sqrt(Var_unbiased over (C, H, W) of each sample + 1e-5), gradient through the variance."""
-    return x / torch.sqrt(sample_var(x) + 1e-5)
+    return x * torch.rsqrt(sample_var(x) + 1e-5)
 
 
 class ReCUConv2d(BinaryConv2d):

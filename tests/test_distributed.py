@@ -99,3 +99,44 @@ def test_torchrun_full_run_with_batchnorm_backbone(tmp_path):
     assert res["status"] == "done" and res["processes"] == 2 and res["epochs_run"] == 2
     assert [m["epoch"] for m in RunDir(d).read_metrics()] == [0, 1]
     assert (tmp_path / "out" / "leaderboard.md").read_text().count("| ovsw") == 1
+
+
+def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import time
+    data = make_cifar(tmp_path / "data")
+    plugin = tmp_path / "nobn_arch.py"
+    plugin.write_text(NOBN_ARCH)
+    recipe = tmp_path / "nobn.yaml"
+    recipe.write_text(RECIPE.replace("epochs: 1, batch_size: 50, train_subset: 50", "epochs: 3, batch_size: 50"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cmd(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "run_bench.py", "--plugin", str(plugin), "--methods", "ovsw", "--recipe", str(recipe),
+                "--data-root", str(data), "--device", "cpu", "--out", str(out)]
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    p = subprocess.Popen(cmd(tmp_path / "pre"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in p.stdout:
+        if " -> " in line:
+            break
+    time.sleep(2.0)
+    os.killpg(p.pid, signal.SIGTERM)  # like Slurm: every process of the job gets the signal
+    log = line + p.communicate(timeout=300)[0]
+    (d,) = (tmp_path / "pre" / "runs").iterdir()
+    if p.returncode != 0:
+        assert "preempted" in log, log
+        assert not RunDir(d).is_done()
+        again = subprocess.run(cmd(tmp_path / "pre"), cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+    (r,) = (tmp_path / "ref" / "runs").iterdir()
+    a, b = RunDir(r).load_checkpoint()["model"], RunDir(d).load_checkpoint()["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = ("epoch_time", "images_per_s")
+    ma = [{k: v for k, v in m.items() if k not in strip} for m in RunDir(r).read_metrics()]
+    mb = [{k: v for k, v in m.items() if k not in strip} for m in RunDir(d).read_metrics()]
+    assert ma == mb
