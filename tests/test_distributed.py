@@ -108,7 +108,7 @@ def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
     plugin = tmp_path / "nobn_arch.py"
     plugin.write_text(NOBN_ARCH)
     recipe = tmp_path / "nobn.yaml"
-    recipe.write_text(RECIPE.replace("epochs: 1, batch_size: 50, train_subset: 50", "epochs: 3, batch_size: 50"))
+    recipe.write_text(RECIPE.replace("epochs: 1, batch_size: 50, train_subset: 50", "epochs: 6, batch_size: 50"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
     def cmd(out):
@@ -119,19 +119,23 @@ def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
     assert ref.returncode == 0, ref.stdout + ref.stderr
     p = subprocess.Popen(cmd(tmp_path / "pre"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    for line in p.stdout:
-        if " -> " in line:
+    deadline = time.time() + 300
+    metrics = None
+    while time.time() < deadline:  # signal once the first epoch is done: mid-run, several epochs left
+        runs = tmp_path / "pre" / "runs"
+        found = list(runs.glob("*/metrics.jsonl")) if runs.is_dir() else []
+        if found and found[0].read_text().count("\n") >= 1:
+            metrics = found[0]
             break
-    time.sleep(2.0)
+        time.sleep(0.05)
+    assert metrics is not None
     os.killpg(p.pid, signal.SIGTERM)  # like Slurm: every process of the job gets the signal
-    log = line + p.communicate(timeout=300)[0]
-    (d,) = (tmp_path / "pre" / "runs").iterdir()
-    if p.returncode != 0:
-        assert "preempted" in log, log
-        assert not RunDir(d).is_done()
-        again = subprocess.run(cmd(tmp_path / "pre"), cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=600)
-        assert again.returncode == 0, again.stdout + again.stderr
+    log = p.communicate(timeout=300)[0]
+    d = metrics.parent
+    assert p.returncode != 0 and "preempted" in log, log
+    assert not RunDir(d).is_done() and len(RunDir(d).read_metrics()) < 6
+    again = subprocess.run(cmd(tmp_path / "pre"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
     (r,) = (tmp_path / "ref" / "runs").iterdir()
     a, b = RunDir(r).load_checkpoint()["model"], RunDir(d).load_checkpoint()["model"]
     for k in a:
