@@ -201,6 +201,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     progress = progress or Progress()
     tr = cfg["train"]
     t0 = time.time()
+    commit = git_commit()  # the code this process runs, read before training starts
     seed_everything(cfg["seed"])
     spec = ARCHITECTURES.get(cfg["backbone"])
     train_loader, test_loader, num_classes = make_loaders(cfg, device, data_root)
@@ -331,7 +332,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                 raise Preempted(f"signal {guard.signum}: checkpointed {run.name} after epoch {epoch + 1}; "
                                 f"run the same command again to resume")
 
-    result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops)
+    result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops, commit)
     result["processes"] = ddp.world_size() if ddp.active() else 1
     if main:
         if status == "done":
@@ -342,7 +343,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
 
 
 def summarize(cfg: dict, history: list[dict], status: str, reason: str | None, train_time: float,
-              images: int, wall: float, device: torch.device, ops: dict) -> dict:
+              images: int, wall: float, device: torch.device, ops: dict, commit: str | None) -> dict:
     done = [h for h in history if h.get("test_top1") is not None]
     final = done[-1] if done else {}
     best = max(done, key=lambda h: h["test_top1"]) if done else {}
@@ -366,5 +367,5 @@ def summarize(cfg: dict, history: list[dict], status: str, reason: str | None, t
         "wall_time_s": wall, "train_time_s": train_time, "images_per_s": images / train_time if train_time else None,
         "peak_memory_bytes": int(peak),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "bnnbench": __version__, "git_commit": git_commit(), "ops": ops,
+        "torch": torch.__version__, "bnnbench": __version__, "git_commit": commit, "ops": ops,
     }
