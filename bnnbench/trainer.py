@@ -216,6 +216,8 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     net = model  # the plain module: hooks, flip tracking and checkpoints use it; `model` may be DDP
     if ddp.active():
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if tr["compile"] and device.type == "cuda":
+        model = torch.compile(model)
     main = ddp.is_main()
     optimizer = make_optimizer(net, tr)
     use_amp = bool(tr["amp"]) and device.type == "cuda"
