@@ -66,6 +66,28 @@ class _SignEDE(torch.autograd.Function):
         return th.mul_(th).neg_().add_(1.0).mul_(k * t).mul_(g), None, None
 
 
+class _SignApproxPerSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float, through_std: bool) -> Tensor:
+        from .layers import sample_var
+        r = torch.rsqrt(sample_var(x) + eps)
+        ctx.save_for_backward(x, r)
+        ctx.through_std = through_std
+        return torch.sign(x)  # sign(x * r) == sign(x): r > 0
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, r = ctx.saved_tensors
+        gt = (x * r).abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)   # dL/dx~, x~ = x r
+        gx = gt * r
+        if ctx.through_std:  # + (sum_i gt_i x_i) dr/dx,  dr/dx = -r^3 (x - mean) / (n - 1)
+            n = x[0].numel()
+            dims = tuple(range(1, x.dim()))
+            s = (gt * x).sum(dim=dims, keepdim=True)
+            gx.sub_((x - x.mean(dim=dims, keepdim=True)).mul_(r.pow(3) * s / (n - 1)))
+        return gx, None, None
+
+
 def sign_ste(u: Tensor) -> Tensor:
     """Sign with the identity straight-through estimator.
 
@@ -109,6 +131,19 @@ def sign_ede(u: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     k = torch.as_tensor(k, dtype=u.dtype, device=u.device)
     return _SignEDE.apply(u, t, k)
+
+
+def sign_approx_per_sample(x: Tensor, eps: float = 1e-5, through_std: bool = True) -> Tensor:
+    """ApproxSign of the per-sample normalised input, fused (ReCU, OvSW; methods_spec section 1.3).
+
+    forward: ``sign(x~)`` with x~ = x r, r = (Var_unbiased over (C,H,W) of each sample + eps)^(-1/2), which
+    equals ``sign(x)`` because r > 0, so the forward pass never forms x~.
+    backward: ``dL/dx~ = dL/dy * max(0, 2 - 2|x~|)`` chained through x~ = x r: ``dL/dx = r dL/dx~`` plus,
+    when ``through_std`` (ReCU: the std is differentiated), ``-r^3 (x - mean(x)) / (n - 1) * sum(dL/dx~ * x)``;
+    without it (OvSW detaches the std) only the first term.
+    Equal to ``sign_approx(x * r)`` with autograd through r, in fewer passes over the activation.
+    """
+    return _SignApproxPerSample.apply(x, eps, through_std)
 
 
 SURROGATES = {"ste": sign_ste, "clipped": sign_clipped, "approx": sign_approx}

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d, sample_var
+from bnnbench.layers import FILTER_DIMS, BinaryConv2d
 from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_approx, sign_ste
+from bnnbench.surrogates import sign_approx, sign_approx_per_sample, sign_ste
 
 
 class OvSWConv2d(BinaryConv2d):
@@ -41,9 +41,7 @@ class OvSWConv2d(BinaryConv2d):
         self.register_buffer("weight_prev", self.weight.detach().clone())
 
     def binarize_input(self, x: Tensor) -> Tensor:
-        if self.training:
-            x = x * torch.rsqrt(sample_var(x.detach()) + 1e-5)
-        return sign_approx(x)
+        return sign_approx_per_sample(x, 1e-5, through_std=False) if self.training else sign_approx(x)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return sign_ste(w)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from bnnbench.layers import FILTER_DIMS, BinaryConv2d, sample_var
 from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_approx, sign_ste
+from bnnbench.surrogates import sign_approx, sign_approx_per_sample, sign_ste
 
 _TWO_SQRT2 = 2.0 * math.sqrt(2.0)
 
@@ -35,11 +35,6 @@ _TWO_SQRT2 = 2.0 * math.sqrt(2.0)
 def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
     """ReCU's adaptive exponential tau at 0-based ``epoch`` of ``epochs``."""
     return tau_min + (tau_max - tau_min) * (math.exp(epoch / epochs) - 1.0) / (math.e - 1.0)
-
-
-def per_sample_normalise(x: Tensor) -> Tensor:
-    """x / sqrt(Var_unbiased over (C, H, W) of each sample + 1e-5), gradient through the variance."""
-    return x * torch.rsqrt(sample_var(x) + 1e-5)
 
 
 class ReCUConv2d(BinaryConv2d):
@@ -51,7 +46,7 @@ class ReCUConv2d(BinaryConv2d):
         self.register_buffer("tau", torch.tensor([float(self.hparams.get("tau_min", 0.85))]))
 
     def binarize_input(self, x: Tensor) -> Tensor:
-        return sign_approx(per_sample_normalise(x) if self.training else x)
+        return sign_approx_per_sample(x, 1e-5, through_std=True) if self.training else sign_approx(x)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         w0 = w - w.mean(dim=FILTER_DIMS, keepdim=True)

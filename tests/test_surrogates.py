@@ -64,3 +64,19 @@ def test_ede_starts_as_identity():
     # at e = 0 of IR-Net's schedule k * t = 1 and t is small: close to the identity STE
     _, du, g = grad_of(sign_ede, U, 1e-3, 1e3)
     assert torch.allclose(du, g, rtol=1e-5)
+
+
+@pytest.mark.parametrize("through_std", [True, False])
+def test_fused_per_sample_approxsign_equals_autograd_reference(through_std):
+    from bnnbench.surrogates import sign_approx_per_sample
+    torch.manual_seed(1)
+    x = (torch.randn(3, 4, 5, 5, dtype=torch.float64) * 0.7).requires_grad_()
+    g = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    var = x.var(dim=(1, 2, 3), keepdim=True)  # the textbook unbiased variance as the reference
+    std = torch.sqrt(var + 1e-5)
+    ref = sign_approx(x / (std if through_std else std.detach()))
+    (gr,) = torch.autograd.grad(ref, x, g)
+    out = sign_approx_per_sample(x, 1e-5, through_std=through_std)
+    (gf,) = torch.autograd.grad(out, x, g)
+    assert torch.equal(out, ref)
+    assert torch.allclose(gf, gr, rtol=1e-10, atol=1e-12)
