@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d, sample_var
+from bnnbench.layers import FILTER_DIMS, BinaryConv2d
 from bnnbench.method import Method, register_method
 from bnnbench.surrogates import sign_approx, sign_approx_per_sample, sign_ste
 
