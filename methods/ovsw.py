@@ -5,7 +5,8 @@ ECCV 2024 (code: JingyangXiang/OvSW @ aa52fce, model/modules/ovsw.py, trainers/o
 
 Binary conv (OvSW's ``xnor`` forward, ``scaling_factor=False``):
     training: x~ = x / sg(sqrt(Var_unbiased over (C,H,W) of each sample + 1e-5));  eval: x~ = x
-    a_b = sign(x~) with ApproxSign backward;  W_b = sign(W) with identity STE
+    a_b = sign(x~) with ApproxSign backward (training: fused ``sign_approx_per_sample``, std detached);
+    W_b = sign(W) with identity STE
     y   = conv(a_b, W_b) * alpha_c,  alpha_c = sg(mean_i |(W_c,i - mean W_c) / sqrt(Var_unbiased(W_c) + 1e-5)|)
 
 Gradient edit, after backward and AMP unscaling, before the optimizer step, on every OvSW conv's

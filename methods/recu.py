@@ -11,7 +11,8 @@ Weights:
                                            through the standardisation.
 Scale: learnable alpha of shape (C_out, 1, 1), initialised U[0, 1) (torch.rand), multiplied on the output.
 Activations: training  x~ = x / sqrt(Var_unbiased over (C,H,W) of each sample + 1e-5), *not* detached;
-             eval      x~ = x;  sign(x~) with ApproxSign backward.
+             eval      x~ = x;  sign(x~) with ApproxSign backward (training: one fused autograd Function,
+             ``sign_approx_per_sample``, with the gradient through the std written out).
 tau schedule (set before each epoch e of E):
     tau(e) = tau_min + (tau_max - tau_min) * (exp(e / E) - 1) / (exp(1) - 1),  tau_min 0.85, tau_max 0.99.
 Q is kept as a tensor computed in tau's float32 (the reference rounds it through float32 too), which
