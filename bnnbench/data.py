@@ -174,8 +174,6 @@ TENSOR_DATASETS = {
     "kmnist": lambda r, d: _mnist_family(r, d, cls_name="KMNIST"),
 }
 DATASETS = sorted([*TENSOR_DATASETS, "imagenet"])
-#: datasets that need no download and no --data-root
-EMBEDDED = {"digits"}
 
 
 def check_dataset_name(name: str, source: str) -> None:

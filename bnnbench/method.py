@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from .errors import ConfigError, did_you_mean
@@ -114,9 +113,6 @@ class Method:
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Called before training epoch ``epoch`` (0-based) of ``epochs``."""
 
-    #: set to True by methods that override :meth:`after_backward`
-    edits_gradients: ClassVar[bool] = False
-
     def after_backward(self, model: nn.Module) -> None:
         """Edit ``.grad`` in place after backward and AMP unscaling, before the optimizer step."""
 
@@ -137,12 +133,6 @@ class Method:
 
     def describe(self) -> str:
         return (self.__doc__ or self.name).strip().splitlines()[0]
-
-
-def filter_stats(w: torch.Tensor, *, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-filter mean and variance of a conv weight, shaped to broadcast against it."""
-    dims = tuple(range(1, w.dim()))
-    return w.mean(dim=dims, keepdim=True), w.var(dim=dims, keepdim=True, unbiased=unbiased)
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -13,7 +13,7 @@ import importlib.util
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -163,7 +163,3 @@ def load_plugin(spec: str) -> str:
     _import(spec, f"plugin module {spec!r} (from --plugin)")
     _loaded_plugins[spec] = spec
     return spec
-
-
-def registered(kind: str) -> Callable[[str], Any]:
-    return {"method": METHODS.register, "architecture": ARCHITECTURES.register}[kind]

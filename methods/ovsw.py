@@ -89,7 +89,6 @@ class OvSW(Method):
     hparams = {"ags": True, "sad": True, "delta": 0.01, "gamma": 2e-5, "momentum": 0.999,
                "threshold": 1e-4, "track_ones": False}
     presets = {"cifar": {"delta": 0.04, "gamma": 9e-4}, "imagenet": {"delta": 0.01, "gamma": 2e-5}}
-    edits_gradients = True
 
     def prepare(self, model: nn.Module) -> None:
         for layer in self.layers(model, OvSWConv2d):
