@@ -233,19 +233,8 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
             console.print(f"[yellow]preempted[/yellow]: signal {PREEMPTION.signum} before {rd.name}; "
                           f"rerun the same command to continue the sweep")
             return None
-        decision = "run"
-        if ddp.is_main():  # rank 0 claims and prepares the run directory; the other ranks follow
-            rd.path.mkdir(parents=True, exist_ok=True)
-            if not rd.claim():
-                decision = "claimed by another worker, skipped"
-            elif rd.is_done() and not force:
-                rd.release()
-                decision = "finished by another worker"
-            else:
-                if force:
-                    rd.clear()
-                rd.create(cfg)
-        decision = ddp.broadcast(decision)
+        # rank 0 claims and prepares the run directory; the other ranks follow its decision
+        decision = ddp.broadcast(rd.prepare(cfg, force) if ddp.is_main() else None)
         if decision != "run":
             console.print(f"[{k}/{len(todo)}] {rd.name}: {decision}")
             continue

@@ -36,16 +36,7 @@ class RunJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         device = ddp.setup(self.device) or resolve_device(self.device)
         rd = RunDir(Path(self.out) / "runs" / run_name(cfg))
-        decision = "run"
-        if ddp.is_main():
-            rd.path.mkdir(parents=True, exist_ok=True)
-            if rd.is_done():
-                decision = "done"
-            elif not rd.claim():
-                decision = "claimed"
-            else:
-                rd.create(cfg)
-        decision = ddp.broadcast(decision)
+        decision = ddp.broadcast(rd.prepare(cfg) if ddp.is_main() else None)
         if decision != "run":
             return {"run": rd.name, "status": decision}
         try:

@@ -156,6 +156,19 @@ class RunDir:
         if not self.file(CONFIG).exists():
             atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=True))
 
+    def prepare(self, cfg: dict, force: bool = False) -> str:
+        """Claim this run for training and write its config: "run", or the reason it is not run here."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.claim():
+            return "claimed by another worker, skipped"
+        if self.is_done() and not force:
+            self.release()
+            return "finished by another worker"
+        if force:
+            self.clear()
+        self.create(cfg)
+        return "run"
+
     def read_result(self, warn=None) -> dict | None:
         """The run's result, or None when it has none or it is unreadable/corrupt (then it is not done)."""
         p = self.file(RESULT)

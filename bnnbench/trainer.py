@@ -195,6 +195,13 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, op
     return loss.detach(), out.detach()
 
 
+def global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> list[float]:
+    """(loss sum, correct, images) of the epoch so far, summed over all ranks."""
+    t = torch.stack([loss_sum, correct.double(),
+                     torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)])
+    return ddp.all_reduce_sum(t).tolist()
+
+
 def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
               progress: Progress | None = None, warn: Callable[[str], None] = print) -> dict:
     """Train (or resume) one run described by ``cfg`` in ``run``; returns and writes its result."""
@@ -291,8 +298,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                     break
                 if ddp.any_rank(guard.signum is not None, device) and i + 1 < steps:
                     elapsed += time.time() - te
-                    sums = ddp.all_reduce_sum(torch.stack([loss_sum, correct.double(), torch.tensor(
-                        float(seen), device=device, dtype=torch.float64)])).tolist()
+                    sums = global_sums(loss_sum, correct, seen)
                     if main:  # the epoch's partial sums over all ranks; rank 0 carries them on resume
                         run.save_checkpoint(snapshot(epoch - 1, {
                             "epoch": epoch, "step": i + 1, "loss_sum": sums[0], "correct": int(sums[1]),
@@ -304,9 +310,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                 torch.cuda.synchronize(device)
             epoch_time = elapsed + time.time() - te
             train_time += epoch_time
-            totals = ddp.all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                     torch.tensor(float(seen), device=device, dtype=torch.float64)]))
-            loss_total, correct_total, seen_total = totals.tolist()
+            loss_total, correct_total, seen_total = global_sums(loss_sum, correct, seen)
             images += int(seen_total)
             train_loss = loss_total / max(seen_total, 1)
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
