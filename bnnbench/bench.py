@@ -26,6 +26,7 @@ from torch import nn
 from .arch import build_model
 from .data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
 from .flips import FlipTracker
+from .host import keep_freed_memory
 from .layers import BinaryConv2d
 from .method import Method
 from .registry import ARCHITECTURES, METHODS
@@ -158,12 +159,14 @@ def main(argv: list[str], console) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    kept = keep_freed_memory() if device.type == "cpu" else False
     ARCHITECTURES.get(args.arch, source="--arch")
     names = args.methods or METHODS.names()
     spec = ARCHITECTURES.get(args.arch)
     results = {}
     console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads), "
-                  f"median of {args.steps} steps per case, taken round-robin after {args.warmup} warm-up")
+                  f"median of {args.steps} steps per case, taken round-robin after {args.warmup} warm-up"
+                  + (", freed memory kept (bnnbench/host.py)" if kept else ""))
     methods = {"fp": FullPrecision()}
     methods.update({name: METHODS.get(name, source="--methods")(family=spec.family) for name in names})
     results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup)
@@ -188,7 +191,7 @@ def main(argv: list[str], console) -> int:
         args.json.write_text(json.dumps({
             "arch": args.arch, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "steps": args.steps, "warmup": args.warmup, "methods": results,
+            "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept, "methods": results,
             "loader_images_per_s": loader_ips}, indent=2) + "\n")
         console.print(f"written to {args.json}")
     return 0

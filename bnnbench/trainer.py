@@ -28,6 +28,7 @@ from .arch import build_model
 from .data import NORMALIZATIONS, TensorLoader, imagenet_loaders, load_tensor_dataset, subset
 from .errors import ConfigError
 from .flips import FlipTracker
+from .host import keep_freed_memory
 from .ops import count_ops
 from .optim import lr_at, make_optimizer, set_lr
 from .paths import ROOT
@@ -219,6 +220,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    kept = keep_freed_memory() if device.type == "cpu" else False
     ops = count_ops(model, spec.input_size).as_dict()
     net = model  # the plain module: hooks, flip tracking and checkpoints use it; `model` may be DDP
     if ddp.active():
@@ -340,6 +342,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
 
     result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops, commit)
     result["processes"] = ddp.world_size() if ddp.active() else 1
+    result["keep_freed_memory"] = kept
     if main:
         if status == "done":
             atomic_torch_save(tracker.never_flipped(), run.file("flips.pt"))

@@ -39,6 +39,14 @@ def test_clipped_identity_window_edges():
     assert du[U == 1.0 + 1e-6].item() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_clipped_identity_window_is_exact_in_every_dtype(dtype):
+    eps = torch.finfo(dtype).eps  # 1 + eps is the neighbour of 1 above; 1 - eps / 2 the one below
+    u = torch.tensor([-1 - eps, -1.0, -(1 - eps / 2), 0.0, 1 - eps / 2, 1.0, 1 + eps], dtype=dtype)
+    _, du, g = grad_of(sign_clipped, u)
+    assert torch.equal(du, g * torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=dtype))
+
+
 def test_approxsign_piecewise():
     _, du, g = grad_of(sign_approx, U)
     def f(u):
@@ -56,8 +64,10 @@ def test_approxsign_piecewise():
 @pytest.mark.parametrize("t,k", [(0.1, 10.0), (1.0, 1.0), (10.0, 1.0), (0.001, 1000.0)])
 def test_ede(t, k):
     _, du, g = grad_of(sign_ede, U, t, k)
-    expected = torch.tensor([k * t * (1 - math.tanh(t * u) ** 2) for u in U.tolist()], dtype=U.dtype)
-    assert torch.allclose(du, g * expected, rtol=1e-12, atol=0)
+    # 1 - tanh^2 = 1 / cosh^2, evaluated without the cancellation of 1 - tanh^2 near |t u| >> 1
+    expected = torch.tensor([k * t / math.cosh(t * u) ** 2 for u in U.tolist()], dtype=U.dtype)
+    assert torch.allclose(du, g * expected, rtol=1e-12, atol=1e-14 * k * t)  # float64 rounding of k t
+    assert torch.all(du >= 0)
 
 
 def test_ede_starts_as_identity():
