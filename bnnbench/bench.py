@@ -33,6 +33,9 @@ from .registry import ARCHITECTURES, METHODS
 from .trainer import resolve_device, train_step
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
 class _PlainConv(BinaryConv2d):
     """Full-precision convolution with the BinaryConv2d constructor (the baseline of the ratios)."""
 
@@ -70,14 +73,13 @@ def _median_time(fn, device, repeats: int, warmup: int) -> tuple[float, list[flo
 class Case:
     """One method on the backbone, ready to take timed training steps on a fixed batch."""
 
-    def __init__(self, method: Method, arch: str, batch: int, device, track: bool):
+    def __init__(self, method: Method, arch: str, batch: int, device, track: bool,
+                 memory_format: torch.memory_format = torch.channels_last):
         spec = ARCHITECTURES.get(arch)
         torch.manual_seed(0)
         self.method, self.device, self.batch = method, device, batch
-        self.model = build_model(method, arch, 10).to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.x = torch.randn(batch, *spec.input_size, device=device)
+        self.model = build_model(method, arch, 10).to(device).to(memory_format=memory_format)
+        self.x = torch.randn(batch, *spec.input_size, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
@@ -104,10 +106,12 @@ class Case:
         return out
 
 
-def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, steps: int, warmup: int) -> dict:
+def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, steps: int, warmup: int,
+                  memory_format: torch.memory_format = torch.channels_last) -> dict:
     """Step times of every case, measured round-robin (one step of each case in turn) so that drifts of
     the machine's speed affect all cases alike; medians and the ratio to the full-precision case."""
-    cases = {name: Case(m, arch, batch, device, track=name != "fp") for name, m in methods.items()}
+    cases = {name: Case(m, arch, batch, device, track=name != "fp", memory_format=memory_format)
+             for name, m in methods.items()}
     for case in cases.values():
         for _ in range(warmup):
             case.step()
@@ -131,7 +135,7 @@ def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))
     loader = TensorLoader(x, y, batch, shuffle=True, drop_last=False, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                          device=device, crop_pad=4, flip=True, channels_last=device.type == "cuda")
+                          device=device, crop_pad=4, flip=True, channels_last=True)
     loader.set_epoch(0)
     for _ in loader:  # warm-up
         pass
@@ -153,6 +157,8 @@ def main(argv: list[str], console) -> int:
     p.add_argument("--steps", type=int, default=15, help="timed steps per case (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="channels_last",
+                   help="activation and weight layout (training always uses channels_last)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
@@ -164,12 +170,14 @@ def main(argv: list[str], console) -> int:
     names = args.methods or METHODS.names()
     spec = ARCHITECTURES.get(args.arch)
     results = {}
-    console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads), "
+    console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads, "
+                  f"{args.memory_format}), "
                   f"median of {args.steps} steps per case, taken round-robin after {args.warmup} warm-up"
                   + (", freed memory kept (bnnbench/host.py)" if kept else ""))
     methods = {"fp": FullPrecision()}
     methods.update({name: METHODS.get(name, source="--methods")(family=spec.family) for name in names})
-    results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup)
+    results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup,
+                            MEMORY_FORMATS[args.memory_format])
     loader_ips = bench_loader(args.batch, device)
     from rich.table import Table
     table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")
@@ -191,7 +199,8 @@ def main(argv: list[str], console) -> int:
         args.json.write_text(json.dumps({
             "arch": args.arch, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept, "methods": results,
+            "steps": args.steps, "warmup": args.warmup, "memory_format": args.memory_format,
+            "keep_freed_memory": kept, "methods": results,
             "loader_images_per_s": loader_ips}, indent=2) + "\n")
         console.print(f"written to {args.json}")
     return 0

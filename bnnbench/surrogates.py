@@ -75,23 +75,25 @@ class _SignEDE(torch.autograd.Function):
 class _SignApproxPerSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, eps: float, through_std: bool) -> Tensor:
-        from .layers import sample_var
-        r = torch.rsqrt(sample_var(x) + eps)
-        ctx.save_for_backward(x, r)
+        from .layers import sample_moments
+        mean, var = sample_moments(x)
+        r = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, r, mean)
         ctx.through_std = through_std
         return torch.sign(x)  # sign(x * r) == sign(x): r > 0
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, r = ctx.saved_tensors
-        gt = (x * r).abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)   # dL/dx~, x~ = x r
-        gx = gt * r
-        if ctx.through_std:  # + (sum_i gt_i x_i) dr/dx,  dr/dx = -r^3 (x - mean) / (n - 1)
-            n = x[0].numel()
-            dims = tuple(range(1, x.dim()))
-            s = (gt * x).sum(dim=dims, keepdim=True)
-            gx.sub_((x - x.mean(dim=dims, keepdim=True)).mul_(r.pow(3) * s / (n - 1)))
-        return gx, None, None
+        x, r, mean = ctx.saved_tensors
+        gt = torch.mul(x, r).abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)   # dL/dx~, x~ = x r
+        if not ctx.through_std:
+            return gt.mul_(r), None, None
+        # + (sum_i gt_i x_i) dr/dx with dr/dx = -r^3 (x - mean) / (n - 1):
+        # dL/dx = gt r - c x + c mean,  c = r^3 sum(gt x) / (n - 1)
+        n = x[0].numel()
+        dot = (gt * x).sum(dim=tuple(range(1, x.dim())), keepdim=True)
+        c = r.pow(3).mul_(dot).div_(n - 1)
+        return gt.mul_(r).addcmul_(x, c, value=-1.0).add_(c * mean), None, None
 
 
 def sign_ste(u: Tensor) -> Tensor:

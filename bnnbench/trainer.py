@@ -100,7 +100,7 @@ def make_loaders(cfg: dict, device: torch.device, data_root: Path):
     mean, std = data.stats() if tr["normalize"] == "dataset" else NORMALIZATIONS[tr["normalize"]]
     if tr["augment"] == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
-    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=device.type == "cuda",
+    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=True,
                   shard=shard)
     train = TensorLoader(data.train_x, data.train_y, tr["batch_size"], shuffle=True, drop_last=False,
                          crop_pad=4 if tr["augment"] in ("cifar", "crop") else 0,
@@ -217,8 +217,10 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                                         source=f"run config of {run.name}")
     model = build_model(method, spec, num_classes, options=cfg["backbone_options"],
                         source=f"recipe {cfg['recipe']}").to(device)
+    # NHWC: oneDNN (CPU) and cuDNN (GPU) convolutions run without layout reorders; the cresnet20 step on
+    # a 2-core CPU is ~17% faster than in NCHW (``run_bench.py bench``)
+    model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     kept = keep_freed_memory() if device.type == "cpu" else False
     ops = count_ops(model, spec.input_size).as_dict()

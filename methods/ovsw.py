@@ -59,8 +59,8 @@ class OvSWConv2d(BinaryConv2d):
 @torch.no_grad()
 def ags_(grad: Tensor, weight: Tensor, delta: float) -> Tensor:
     """Adaptive Gradient Scaling in place; returns the per-channel ratio ||g_c|| / ||w_c|| before scaling."""
-    gn = grad.flatten(1).norm(dim=1).clamp_min(1e-6)
-    pn = weight.flatten(1).norm(dim=1).clamp_min(1e-3)
+    gn = torch.linalg.vector_norm(grad, dim=FILTER_DIMS).clamp_min(1e-6)  # any memory layout, no copy
+    pn = torch.linalg.vector_norm(weight, dim=FILTER_DIMS).clamp_min(1e-3)
     ratio = gn / pn
     factor = torch.where(ratio < delta, delta * pn / gn, torch.ones_like(ratio))
     grad.mul_(factor.view(-1, *([1] * (grad.dim() - 1))))
