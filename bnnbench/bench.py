@@ -32,7 +32,6 @@ from .method import Method
 from .registry import ARCHITECTURES, METHODS
 from .trainer import resolve_device, train_step
 
-
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
