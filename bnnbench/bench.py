@@ -9,7 +9,11 @@ measures, as the median of repeated timed steps after warm-up:
 * eval throughput (forward only, no grad);
 * the CIFAR-path data loader (uint8 tensors, random crop + flip, normalisation) in images/s.
 
-It prints a table and writes JSON (``--json``). Timings synchronise the device around each timed region.
+Cases are stepped round-robin (one step of each in turn); the ratio to full precision is the median over
+rounds of each round's ratio, with its quartiles, so that drifts of the machine's speed cancel. Training
+uses channels_last; ``--memory-format contiguous`` measures NCHW. On CPUs freed memory is kept in-process
+(``bnnbench/host.py``), as in training. It prints a table and writes JSON (``--json``). Timings
+synchronise the device around each timed region.
 """
 from __future__ import annotations
 
@@ -108,7 +112,8 @@ class Case:
 def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, steps: int, warmup: int,
                   memory_format: torch.memory_format = torch.channels_last) -> dict:
     """Step times of every case, measured round-robin (one step of each case in turn) so that drifts of
-    the machine's speed affect all cases alike; medians and the ratio to the full-precision case."""
+    the machine's speed affect all cases alike; medians, and the median and quartiles of the per-round
+    ratio to the full-precision case (``methods`` must contain ``fp``)."""
     cases = {name: Case(m, arch, batch, device, track=name != "fp", memory_format=memory_format)
              for name, m in methods.items()}
     for case in cases.values():
@@ -121,11 +126,14 @@ def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, ste
     results = {}
     for name, case in cases.items():
         med = statistics.median(times[name])
+        # the ratio of each round's step to the full-precision step of the same round, whose median and
+        # quartiles are insensitive to drifts of the machine's speed between rounds
+        paired = [t / f for t, f in zip(times[name], times["fp"])]
+        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (paired[0],) * 3
         results[name] = {"step_s": med, "step_all_s": times[name], "images_per_s": batch / med,
+                         "ratio_to_fp": statistics.median(paired), "ratio_q1": q1, "ratio_q3": q3,
                          **case.parts(steps)}
-    fp = results["fp"]["step_s"]
     for r in results.values():
-        r["ratio_to_fp"] = r["step_s"] / fp
         r["hook_flip_share"] = (r["hook_s"] + r["flip_s"]) / r["step_s"]
     return results
 
@@ -180,13 +188,14 @@ def main(argv: list[str], console) -> int:
     loader_ips = bench_loader(args.batch, device)
     from rich.table import Table
     table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")
-    for c in ("method", "step ms", "min-max ms", "img/s", "x FP", "hook ms", "flip ms", "hook+flip %",
+    for c in ("method", "step ms", "min-max ms", "img/s", "x FP", "x FP IQR", "hook ms", "flip ms", "hook+flip %",
               "eval img/s"):
         table.add_column(c, justify="right")
     for name, r in results.items():
         table.add_row(name, f"{1000 * r['step_s']:.1f}",
                       f"{1000 * min(r['step_all_s']):.0f}-{1000 * max(r['step_all_s']):.0f}",
-                      f"{r['images_per_s']:.0f}", f"{r.get('ratio_to_fp', 1.0):.2f}", f"{1000 * r['hook_s']:.2f}",
+                      f"{r['images_per_s']:.0f}", f"{r['ratio_to_fp']:.2f}",
+                      f"{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}", f"{1000 * r['hook_s']:.2f}",
                       f"{1000 * r['flip_s']:.2f}", f"{100 * r.get('hook_flip_share', 0.0):.2f}",
                       f"{r['eval_images_per_s']:.0f}")
     console.print(table)

@@ -66,4 +66,7 @@ def test_bench_command_writes_figures(tmp_path, capsys):
     assert set(res["methods"]) == {"fp", "ovsw"}
     o = res["methods"]["ovsw"]
     assert o["step_s"] > 0 and o["hook_s"] > 0 and o["flip_s"] > 0 and o["ratio_to_fp"] > 0
+    assert o["ratio_q1"] <= o["ratio_to_fp"] <= o["ratio_q3"]
+    assert res["methods"]["fp"]["ratio_to_fp"] == 1.0  # each round's fp step against itself
+    assert res["memory_format"] == "channels_last" and isinstance(res["keep_freed_memory"], bool)
     assert res["loader_images_per_s"] > 0
