@@ -18,6 +18,29 @@ import torch
 from torch import Tensor
 
 
+def sample_rows(x: Tensor) -> Tensor:
+    """``x`` as (N, everything else), a view (no copy) when x is contiguous or channels_last: the rows hold
+    each sample's elements in memory order, which per-sample sums do not depend on."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(len(x), -1)
+
+
+def sample_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased variance of each sample over all its other dimensions, each shaped (N, 1, ..., 1).
+
+    Computed from the first two moments, var = (sum x^2 - (sum x)^2 / n) / (n - 1), which on CPUs is several
+    times faster than ``torch.var`` (same value to float rounding; gradient 2 (x - mean) / (n - 1)).
+    """
+    f = sample_rows(x)
+    n = f.shape[1]
+    s1 = f.sum(dim=1)
+    s2 = torch.linalg.vector_norm(f, dim=1) ** 2
+    var = ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0.0)
+    shape = (-1, *([1] * (x.dim() - 1)))
+    return (s1 / n).view(shape), var.view(shape)
+
+
 class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor) -> Tensor:
@@ -75,7 +98,6 @@ class _SignEDE(torch.autograd.Function):
 class _SignApproxPerSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, eps: float, through_std: bool) -> Tensor:
-        from .layers import sample_moments
         mean, var = sample_moments(x)
         r = torch.rsqrt(var + eps)
         ctx.save_for_backward(x, r, mean)
@@ -91,7 +113,7 @@ class _SignApproxPerSample(torch.autograd.Function):
         # + (sum_i gt_i x_i) dr/dx with dr/dx = -r^3 (x - mean) / (n - 1):
         # dL/dx = gt r - c x + c mean,  c = r^3 sum(gt x) / (n - 1)
         n = x[0].numel()
-        dot = (gt * x).sum(dim=tuple(range(1, x.dim())), keepdim=True)
+        dot = sample_rows(gt * x).sum(dim=1).view_as(r)
         c = r.pow(3).mul_(dot).div_(n - 1)
         return gt.mul_(r).addcmul_(x, c, value=-1.0).add_(c * mean), None, None
 

@@ -90,3 +90,25 @@ def test_fused_per_sample_approxsign_equals_autograd_reference(through_std):
     (gf,) = torch.autograd.grad(out, x, g)
     assert torch.equal(out, ref)
     assert torch.allclose(gf, gr, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_per_sample_statistics_and_gradient_do_not_depend_on_memory_layout(layout):
+    from bnnbench.surrogates import sample_moments, sample_rows, sign_approx_per_sample
+    torch.manual_seed(2)
+    base = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    g = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    x = {"contiguous": base.clone(), "channels_last": base.contiguous(memory_format=torch.channels_last),
+         "strided": torch.randn(3, 8, 5, 6, dtype=torch.float64)[:, ::2].copy_(base)}[layout]
+    assert torch.equal(x, base)
+    if layout == "channels_last":
+        assert sample_rows(x).data_ptr() == x.data_ptr()  # a view, not a copy
+    mean, var = sample_moments(x)
+    assert torch.allclose(mean.flatten(), base.mean(dim=(1, 2, 3)), rtol=1e-12)
+    assert torch.allclose(var.flatten(), base.var(dim=(1, 2, 3)), rtol=1e-12)
+    xs = x.clone().requires_grad_() if layout != "strided" else x.requires_grad_()
+    (gx,) = torch.autograd.grad(sign_approx_per_sample(xs, 1e-5, through_std=True), xs, g)
+    xb = base.clone().requires_grad_()
+    std = torch.sqrt(xb.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
+    (gr,) = torch.autograd.grad(sign_approx(xb / std), xb, g)
+    assert torch.allclose(gx, gr, rtol=1e-10, atol=1e-12)
