@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import distributed as ddp
         from .trainer import PREEMPTION
         try:
-            with PREEMPTION:  # a SIGTERM/SIGUSR1 from here on checkpoints and exits with status 75
+            with PREEMPTION:  # a SIGTERM/SIGUSR1/SIGUSR2 from here on checkpoints and exits with status 75
                 return cmd_run(args, console)
         finally:
             ddp.shutdown()

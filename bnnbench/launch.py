@@ -4,12 +4,16 @@
 the pending runs (runs already done are skipped, as locally) as one Slurm job array. Each job trains one
 run with ``G`` GPUs (G > 1: one task per GPU, DDP through submitit's torch.distributed environment) and
 resumes it from its last checkpoint when it starts, so a preempted or timed-out job that submitit requeues
-continues where it stopped. ``run_bench.py report --out DIR`` builds the leaderboard from whatever has
-finished, at any time. ``--slurm-executor local`` runs the same submitit code path as local processes
+continues where it stopped: the signal Slurm sends ahead of preemption or timeout (SIGUSR2, set by
+submitit) makes the trainer checkpoint after the current step, mid-epoch included, and then passes the
+signal on to submitit, which requeues the job. ``run_bench.py report --out DIR`` builds the leaderboard
+from whatever has finished, at any time. ``--slurm-executor local`` runs the same submitit code path as local processes
 (for testing without a cluster).
 """
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ class RunJob:
         from . import distributed as ddp
         from .registry import load_plugin
         from .store import RunDir, run_name
-        from .trainer import PREEMPTION, resolve_device, train_run
+        from .trainer import PREEMPTION, Preempted, resolve_device, train_run
         for spec in self.plugins:
             load_plugin(spec)
         env = submitit.JobEnvironment()
@@ -39,13 +43,23 @@ class RunJob:
         decision = ddp.broadcast(rd.prepare(cfg) if ddp.is_main() else None)
         if decision != "run":
             return {"run": rd.name, "status": decision}
+        preempted = None
         try:
             with PREEMPTION:
                 result = train_run(cfg, rd, device, Path(self.data_root))
+        except Preempted as exc:
+            preempted = exc
+            print(f"preempted: {exc}", flush=True)
         finally:
             if ddp.is_main():
                 rd.release()
             ddp.shutdown()
+        if preempted is not None:
+            # The run's state, mid-epoch included, is on disk. Hand the signal to submitit's own handler
+            # (restored when the guard exited): it calls ``checkpoint`` below, requeues the job and exits.
+            os.kill(os.getpid(), PREEMPTION.signum)
+            time.sleep(5.0)  # the handler runs here; reached past only where it does not exit (SIGTERM)
+            raise preempted
         return {"run": rd.name, "status": result["status"]}
 
     def checkpoint(self, cfg: dict):

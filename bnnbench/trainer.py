@@ -134,17 +134,18 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
 
 
 class Preempted(Exception):
-    """A SIGTERM/SIGUSR1 arrived; the run's full state is checkpointed and the next start resumes it."""
+    """A SIGTERM/SIGUSR1/SIGUSR2 arrived; the run's full state is checkpointed and the next start resumes it."""
 
 
 class PreemptionGuard:
-    """Record SIGTERM / SIGUSR1 (what Slurm sends before preemption) instead of dying mid-write.
+    """Record SIGTERM / SIGUSR1 / SIGUSR2 (what Slurm sends before preemption or timeout; submitit asks
+    Slurm for SIGUSR2) instead of dying mid-write.
 
     Re-entrant: the CLI holds it around a whole sweep and the trainer around a run; handlers are
     installed by the outermost ``with`` (main thread only) and restored when it exits.
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self):
         self.signum: int | None = None

@@ -1,6 +1,7 @@
 """The Slurm path through submitit's local executor (the real submitit code, no mock)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,37 @@ def test_submitit_runs_pending_and_skips_done(tmp_path, tiny_cifar):
     assert (done / "result.json").stat().st_mtime_ns == mtime, "the done run was not rerun"
     assert (out / "leaderboard.md").read_text().count("| ") >= 3
     assert any((out / "slurm").iterdir()), "submitit logs are kept"
+
+
+def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
+    """A 1-minute job limit: submitit's local executor sends SIGUSR2 30 s after the job starts, as Slurm does
+    ahead of a timeout. The trainer checkpoints after the current step and passes the signal on; submitit
+    requeues the job, which resumes mid-epoch. The run must end as an uninterrupted run does."""
+    from conftest import make_cifar
+    data = make_cifar(tmp_path / "data", n_train=2000).parent
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=8)  # ~45 s of training: signalled at ~25 s
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cli(out, *extra, timeout=900):
+        r = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "--recipe", str(recipe), "--data-root",
+                            str(data), "--out", str(out), "--device", "cpu", "--methods", "ovsw", *extra],
+                           env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (run,) = (out / "runs").iterdir()
+        return run
+
+    ref = cli(tmp_path / "ref")
+    run = cli(tmp_path / "out", "--launcher", "slurm", "--slurm-executor", "local", "--slurm-time", "1",
+              "--gpus-per-run", "0", "--slurm-cpus", "1", "--wait")
+    logs = "".join(p.read_text() for p in (tmp_path / "out" / "slurm").rglob("*.out"))
+    errs = "".join(p.read_text() for p in (tmp_path / "out" / "slurm").rglob("*.err"))
+    steps = re.findall(r"checkpointed \S+ at epoch (\d+), step (\d+)/(\d+)", logs)
+    assert steps, "the job was not preempted: " + logs[-2000:]
+    assert all(int(s) < int(n) for _, s, n in steps), "the checkpoint is taken mid-epoch"
+    assert "Caught signal SIGUSR2" in errs, errs[-2000:]  # submitit took over and requeued (the run is done)
+    result, expected = (json.loads((d / "result.json").read_text()) for d in (run, ref))
+    assert result["status"] == "done" and result["epochs_run"] == 8
+    assert result["final_top1"] == expected["final_top1"] and result["silent"] == expected["silent"]
+    losses = [[json.loads(line)["train_loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (run, ref)]
+    assert losses[0] == losses[1], "each epoch once, with the same numbers as the uninterrupted run"

@@ -85,11 +85,11 @@ def test_kill9_at_random_points_then_resume_matches(env, reference):
     assert not list((only_run(out).path).glob(".*.tmp")), "no half-written files are left behind"
 
 
-def test_sigterm_and_sigusr1_checkpoint_and_resume(env, reference):
+def test_preemption_signals_checkpoint_and_resume(env, reference):
     args, tmp = env
     out = tmp / "pre"
     rng = random.Random(7)
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         p = start(args(out))
         head = []
         for line in p.stdout:  # wait until the run has started, then signal at a random point
