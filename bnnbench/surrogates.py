@@ -41,6 +41,11 @@ def sample_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return (s1 / n).view(shape), var.view(shape)
 
 
+def _approx_grad_(a: Tensor, g: Tensor) -> Tensor:
+    """ApproxSign's backward in place on ``a`` = |u| (a temporary): max(0, 2 - 2 a) * g."""
+    return a.mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)
+
+
 class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor) -> Tensor:
@@ -75,8 +80,7 @@ class _SignApprox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
-        factor = u.abs().to(g.dtype)           # one temporary, then in place: max(0, 2 - 2|u|) * g
-        return factor.mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)
+        return _approx_grad_(u.abs().to(g.dtype), g)
 
 
 class _SignEDE(torch.autograd.Function):
@@ -107,7 +111,7 @@ class _SignApproxPerSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, r, mean = ctx.saved_tensors
-        gt = torch.mul(x, r).abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)   # dL/dx~, x~ = x r
+        gt = _approx_grad_(torch.mul(x, r).abs_(), g)   # dL/dx~, x~ = x r
         if not ctx.through_std:
             return gt.mul_(r), None, None
         # + (sum_i gt_i x_i) dr/dx with dr/dx = -r^3 (x - mean) / (n - 1):
