@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 from .errors import ConfigError
@@ -26,16 +27,12 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**31 - 1
 
-_state: dict[str, bool] = {}
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Apply the two ``mallopt`` settings once per process; True when they are in effect.
 
     Returns False (and changes nothing) when ``BNNBENCH_KEEP_MEMORY=0`` or the C library is not glibc.
     """
-    if "applied" in _state:
-        return _state["applied"]
     env = os.environ.get("BNNBENCH_KEEP_MEMORY", "1")
     if env not in ("0", "1"):
         raise ConfigError(f"BNNBENCH_KEEP_MEMORY={env!r} (environment) is not allowed; use 1 (default) or 0")
@@ -50,5 +47,4 @@ def keep_freed_memory() -> bool:
         if mallopt is not None and hasattr(libc, "gnu_get_libc_version"):
             applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
                                                                                         TRIM_THRESHOLD))
-    _state["applied"] = applied
     return applied

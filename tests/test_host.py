@@ -51,7 +51,7 @@ def test_opt_out_leaves_the_allocator_alone():
 def test_bad_value_is_a_config_error(monkeypatch):
     from bnnbench import host
     from bnnbench.errors import ConfigError
-    monkeypatch.setattr(host, "_state", {})
+    host.keep_freed_memory.cache_clear()  # the settings are applied once per process
     monkeypatch.setenv("BNNBENCH_KEEP_MEMORY", "yes")
     with pytest.raises(ConfigError, match="BNNBENCH_KEEP_MEMORY='yes'.*1 \\(default\\) or 0"):
         host.keep_freed_memory()
