@@ -7,8 +7,8 @@ resumes it from its last checkpoint when it starts, so a preempted or timed-out 
 continues where it stopped: the signal Slurm sends ahead of preemption or timeout (SIGUSR2, set by
 submitit) makes the trainer checkpoint after the current step, mid-epoch included, and then passes the
 signal on to submitit, which requeues the job. ``run_bench.py report --out DIR`` builds the leaderboard
-from whatever has finished, at any time. ``--slurm-executor local`` runs the same submitit code path as local processes
-(for testing without a cluster).
+from whatever has finished, at any time. ``--slurm-executor local`` runs the same submitit code path as
+local processes (for testing without a cluster).
 """
 from __future__ import annotations
 
