@@ -183,6 +183,9 @@ def cmd_run(args, console) -> int:
     for cfg in configs:
         rd = RunDir(runs_dir / run_name(cfg))
         (skipped if rd.is_done() and not args.force else todo).append((cfg, rd))
+    if ddp.is_main() and not args.dry_run:
+        for _, rd in skipped:
+            rd.tidy_finished()
     console.print(f"recipe [bold]{recipe.name}[/bold] ({args.track} track), {len(configs)} runs: "
                   f"{len(todo)} to run, {len(skipped)} already done; device {device}; results in {out}")
     if args.dry_run:
@@ -224,6 +227,7 @@ def cmd_run(args, console) -> int:
 def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
     from . import distributed as ddp
+    from . import faults
     from .progress import RichProgress
     from .trainer import PREEMPTION, Preempted, train_run
     warn = _warn_to(console)
@@ -255,6 +259,7 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
                               f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
         finally:
             if ddp.is_main():
+                faults.point("after_result")
                 rd.release()
     return failures
 

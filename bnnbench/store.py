@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import faults
 from .errors import RunError
 
 RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", "metrics.jsonl",
@@ -55,6 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -161,6 +163,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.claim():
             return "claimed by another worker, skipped"
+        self.remove_temp_files()  # half writes of a killed worker; the claim makes them ours to remove
         if self.is_done() and not force:
             self.release()
             return "finished by another worker"
@@ -168,6 +171,20 @@ class RunDir:
             self.clear()
         self.create(cfg)
         return "run"
+
+    def remove_temp_files(self) -> None:
+        """Delete the temp files (``.<name>.*.tmp``) an atomic write killed before its rename left behind."""
+        for p in self.path.glob(".*.tmp"):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def tidy_finished(self) -> None:
+        """For a finished run: drop a dead worker's claim and its temp files (a kill after the result)."""
+        if self.file(LOCK).exists() and self.claim():
+            self.remove_temp_files()
+            self.release()
 
     def read_result(self, warn=None) -> dict | None:
         """The run's result, or None when it has none or it is unreadable/corrupt (then it is not done)."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import __version__
 from . import distributed as ddp
+from . import faults
 from .arch import build_model
 from .data import NORMALIZATIONS, TensorLoader, imagenet_loaders, load_tensor_dataset, subset
 from .errors import ConfigError
@@ -126,6 +127,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
         correct1 += hits[:, 0].sum()
         correct5 += hits.any(dim=1).sum()
         n += len(y)
+        faults.point("eval")
     model.train()
     totals = ddp.all_reduce_sum(torch.stack([loss_sum, correct1.double(), correct5.double(),
                                              torch.tensor(float(n), device=device, dtype=torch.float64)]))
@@ -294,6 +296,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
                     set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
                 loss, out = train_step(model, x, y, criterion, optimizer, scaler, method, use_amp, tr["grad_clip"])
                 tracker.step()
+                faults.point("step")
                 loss_sum += loss.double() * len(y)
                 correct += (out.argmax(1) == y).sum()
                 seen += len(y)
@@ -336,6 +339,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
             history.append(row)
             if main:
                 run.save_checkpoint(snapshot(epoch))
+                faults.point("after_checkpoint")
                 run.write_metrics(history)
                 run.heartbeat()
             progress.end_epoch(row)
@@ -349,6 +353,7 @@ def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
     if main:
         if status == "done":
             atomic_torch_save(tracker.never_flipped(), run.file("flips.pt"))
+        faults.point("before_result")
         run.write_result(result)
     ddp.barrier()
     return result

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
 
 
-def start(args):
-    return subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *map(str, args)], cwd=ROOT, env=ENV,
+def start(args, fault: str | None = None):
+    """run_bench.py in a subprocess; ``fault`` = BNNBENCH_FAULT (bnnbench/faults.py), e.g. "step:5"."""
+    env = {**ENV, "BNNBENCH_FAULT": fault} if fault else ENV
+    return subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -63,48 +65,65 @@ def reference(env):
     return final_state(tmp / "ref")
 
 
-def test_kill9_at_random_points_then_resume_matches(env, reference):
+STEPS_PER_EPOCH = 8  # the tiny recipe: 400 training images, batch 50
+
+
+def kill9_cases(rng: random.Random) -> list[str]:
+    """One kill -9 per fault point, in the order a run reaches them; occurrence numbers seeded."""
+    return [
+        f"step:{rng.randint(1, STEPS_PER_EPOCH - 1)}",      # mid-epoch, before any checkpoint
+        "eval:1",                                            # during the first evaluation
+        "write:checkpoint.pt:1",                             # checkpoint temp complete, not renamed
+        "after_checkpoint:1",                                # checkpoint written, metrics row not yet
+        f"write:metrics.jsonl:{rng.randint(2, 3)}",          # metrics rewrite of a later epoch
+        f"step:{rng.randint(1, STEPS_PER_EPOCH - 1)}",      # mid-epoch after a resume
+        "write:flips.pt:1",                                  # all epochs trained, flip masks half written
+        "before_result:1",                                   # everything but result.json
+        "write:result.json:1",                               # result.json temp complete, not renamed
+        "after_result:1",                                    # result written, claim not released
+    ]
+
+
+def test_kill9_at_chosen_points_then_resume_matches(env, reference):
     args, tmp = env
     out = tmp / "killed"
-    rng = random.Random(1234)
+    cases = kill9_cases(random.Random(1234))
     kills = 0
-    for _ in range(4):
-        p = start(args(out))
-        time.sleep(rng.uniform(3.0, 9.0))
-        if p.poll() is not None:
-            break
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    for fault in cases:
+        p = start(args(out), fault)
+        log, _ = p.communicate(timeout=600)
+        assert p.returncode == -signal.SIGKILL, (fault, log)  # the fault really landed
         kills += 1
     TALLY["faults injected"] += kills
+    TALLY["kill -9 points"] += len({c.rsplit(":", 1)[0] for c in cases})
+    assert kills == len(cases)
+    assert only_run(out).file("lock").exists(), "the last kill left a claim behind"
     p = start(args(out))
     log, _ = p.communicate(timeout=600)
     assert p.returncode == 0, log
-    assert kills >= 1
     assert_same(final_state(out), reference)
-    assert not list((only_run(out).path).glob(".*.tmp")), "no half-written files are left behind"
+    rd = only_run(out)
+    assert not list(rd.path.glob(".*.tmp")), "no half-written files are left behind"
+    assert not rd.file("lock").exists(), "the dead worker's claim on the finished run is gone"
 
 
 def test_preemption_signals_checkpoint_and_resume(env, reference):
     args, tmp = env
     out = tmp / "pre"
     rng = random.Random(7)
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        p = start(args(out))
-        head = []
-        for line in p.stdout:  # wait until the run has started, then signal at a random point
-            head.append(line)
-            if " -> " in line:
-                break
-        time.sleep(rng.uniform(0.0, 2.0))
-        p.send_signal(sig)
+    cases = [f"step:{rng.randint(1, STEPS_PER_EPOCH - 1)}:{sig}" for sig in ("SIGTERM", "SIGUSR1", "SIGUSR2")]
+    cases.append("eval:1:SIGTERM")  # a signal during evaluation: checkpoint after that epoch
+    preemptions = 0
+    for fault in cases:
+        p = start(args(out), fault)
         log, _ = p.communicate(timeout=300)
-        log = "".join(head) + log
-        TALLY["faults injected"] += 1
-        if p.returncode == 0:  # the run finished before the signal landed: nothing to resume
-            break
-        assert p.returncode == 75 and "preempted" in log, log
+        assert p.returncode == 75 and "preempted" in log, (fault, log)
         assert not only_run(out).is_done()
+        preemptions += 1
+    TALLY["faults injected"] += preemptions
+    assert preemptions == len(cases)
+    partial = only_run(out).load_checkpoint()
+    assert partial["partial"] is None and len(partial["history"]) >= 1  # the last one was at an epoch's end
     p = start(args(out))
     log, _ = p.communicate(timeout=600)
     assert p.returncode == 0, log
