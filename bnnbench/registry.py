@@ -1,7 +1,8 @@
 """Registries of methods and architectures, and plugin discovery.
 
-Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live in the top-level packages
-``methods/`` and ``architectures/`` (one module each, imported in name order); third-party plugins come from
+Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live in the folders
+``methods/`` and ``architectures/`` of the project, installed as the subpackages ``bnnbench.methods`` and
+``bnnbench.architectures`` (one module each, imported in name order; never looked up in the current folder); third-party plugins come from
 the entry-point groups ``bnnbench.methods`` / ``bnnbench.architectures`` or from an explicit file path or
 module name (:func:`load_plugin`, ``--plugin`` on the CLI). A plugin that fails to import raises
 :class:`~bnnbench.errors.RegistryError` naming the plugin and the original error: nothing is swallowed.
@@ -86,7 +87,7 @@ METHODS: Registry[Any] = Registry("method")
 ARCHITECTURES: Registry[Any] = Registry("architecture")
 
 _GROUPS = {"bnnbench.methods": METHODS, "bnnbench.architectures": ARCHITECTURES}
-_BUILTIN_PACKAGES = ("methods", "architectures")
+_BUILTIN_PACKAGES = ("bnnbench.methods", "bnnbench.architectures")
 _state = {"loaded": False, "loading": False}
 _loaded_plugins: dict[str, str] = {}
 
@@ -101,7 +102,7 @@ def ensure_builtins() -> None:
             pkg = _import(package, f"built-in plugin package {package!r}")
             for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
                 if not info.name.startswith("_"):
-                    _import(f"{package}.{info.name}", f"built-in plugin {package}/{info.name}.py")
+                    _import(f"{package}.{info.name}", f"built-in plugin {pkg.__path__[0]}/{info.name}.py")
         for group in _GROUPS:
             for ep in metadata.entry_points(group=group):
                 try:

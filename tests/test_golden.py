@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bnnbench.registry import METHODS
-from methods.ovsw import ags_, sad_
+from bnnbench.methods.ovsw import ags_, sad_
 
 
 def run_conv(method, d, stride, dtype, setup):

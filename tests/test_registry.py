@@ -105,3 +105,21 @@ def test_broken_plugins_fail_loudly(tmp_path):
         load_plugin(str(dup))
     with pytest.raises(RegistryError, match="no_such_plugin_module"):
         load_plugin("no_such_plugin_module")
+
+
+@pytest.mark.parametrize("entry", [["-m", "bnnbench.cli"], ["RUN_BENCH"]])
+def test_a_methods_folder_in_the_current_directory_neither_shadows_nor_loads(tmp_path, entry):
+    import subprocess
+    from pathlib import Path
+    for pkg in ("methods", "architectures"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("raise SystemExit('the user folder was imported')\n")
+        (tmp_path / pkg / "foo.py").write_text("raise SystemExit('the user folder was imported')\n")
+    root = Path(__file__).resolve().parent.parent
+    argv = [str(root / "run_bench.py")] if entry == ["RUN_BENCH"] else entry
+    r = subprocess.run([sys.executable, *argv, "--list"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("xnor", "bireal", "irnet", "recu", "ovsw", "cresnet20", "resnet18"):
+        assert f"  {name} " in r.stdout, r.stdout
+    assert "user folder" not in r.stdout + r.stderr
