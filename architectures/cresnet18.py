@@ -29,8 +29,8 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = method.conv(planes, planes, 3, stride=1, padding=1)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.act1 = nn.Hardtanh(inplace=True)
-        self.act2 = nn.Hardtanh(inplace=True)
+        self.act1 = method.activation(planes)  # between binary convs: the method decides (default Hardtanh)
+        self.act2 = method.activation(planes)
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),

@@ -41,8 +41,8 @@ class Block(nn.Module):
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = PadShortcut((planes - in_planes) // 2, shortcut)
-        self.act1 = nn.Hardtanh(inplace=True)
-        self.act2 = nn.Hardtanh(inplace=True)
+        self.act1 = method.activation(planes)  # between binary convs: the method decides (default Hardtanh)
+        self.act2 = method.activation(planes)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))

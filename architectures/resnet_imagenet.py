@@ -26,8 +26,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = method.conv(planes, planes, 3, stride=1, padding=1)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.act1 = nn.Hardtanh(inplace=True)
-        self.act2 = nn.Hardtanh(inplace=True)
+        self.act1 = method.activation(planes)  # between binary convs: the method decides (default Hardtanh)
+        self.act2 = method.activation(planes)
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _console():
 
 
 def _warn_to(console):
-    return lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", soft_wrap=True)
+    from rich.markup import escape
+    return lambda msg: console.print(f"[yellow]warning:[/yellow] {escape(str(msg))}", soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,17 +79,33 @@ def build_report_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FLOAT_12 = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")  # YAML 1.2 floats that YAML 1.1 reads as text
+
+
+def parse_value(raw: str):
+    """A --set / --hp value as YAML would read it, with YAML 1.2 floats such as 9e-4 read as numbers."""
+    if raw == "":
+        return None
+    if _FLOAT_12.match(raw.strip()):
+        return float(raw)
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_assignments(items: list[str], flag: str) -> list[tuple[str, object]]:
-    out = []
+    """KEY=VALUE pairs of ``flag``; a key given twice is an error (the earlier one would be lost)."""
+    out, seen = [], set()
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        out.append((key.strip(), value))
+        key = key.strip()
+        if key in seen:
+            raise ConfigError(f"{flag} {key}: given twice; give each key once")
+        seen.add(key)
+        out.append((key, parse_value(raw)))
     return out
 
 
@@ -106,11 +124,53 @@ def cmd_list(console) -> int:
     return 0
 
 
-def plan(args) -> tuple[list[dict], object]:
-    """Resolve the run matrix (method x backbone x seed) into run configurations, validating everything."""
-    from .recipes import check_value, load_recipe
-    from .registry import ARCHITECTURES, METHODS
-    from .store import config_hash
+def _cli_hparams(args, methods: list[str]) -> dict[str, dict]:
+    """--hp METHOD.KEY=VALUE grouped by method; a method that is not being run is an error."""
+    from .registry import METHODS
+    hps: dict[str, dict] = {}
+    for key, value in parse_assignments(args.hp, "--hp"):
+        if "." not in key:
+            raise ConfigError(f"--hp {key}={value}: expected METHOD.KEY=VALUE, e.g. ovsw.delta=0.02")
+        m, k = key.split(".", 1)
+        METHODS.get(m, source="--hp")
+        if m not in methods:
+            raise ConfigError(f"--hp {key}={value}: method {m!r} is not among --methods ({', '.join(methods)}); "
+                              f"add it there or drop the --hp")
+        hps.setdefault(m, {})[k] = value
+    return hps
+
+
+def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
+    """(validated training settings, track note, changes from the recipe, the recipe's epochs)."""
+    from .recipes import check_train
+    train, note = recipe.resolve(method, args.track)
+    base = dict(train)
+    for key, value in sets:
+        if key == "method_hparams":
+            raise ConfigError("--set method_hparams: use --hp METHOD.KEY=VALUE instead")
+        train[key] = value
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    flags = "--set/--epochs" if sets else "--epochs"
+    train = check_train(train, f"{flags} on recipe {recipe.path}", partial=False)
+    changes = {k: train[k] for k in train if k != "method_hparams" and train[k] != base.get(k)}
+    return train, note, changes, base["epochs"]
+
+
+def _method_hparams(method: str, family: str, recipe_hp: dict, cli_hp: dict, recipe_path: str) -> tuple[dict, dict]:
+    """(resolved hyperparameters, those --hp changed from what the recipe gives)."""
+    from .registry import METHODS
+    cls = METHODS.get(method)
+    base = cls(family=family, overrides=recipe_hp, source=f"recipe {recipe_path}").hp
+    hp = cls(family=family, overrides={**recipe_hp, **cli_hp}, source=f"recipe {recipe_path} and --hp").hp
+    return hp, {f"{method}.{k}": hp[k] for k in sorted(cli_hp) if hp[k] != base[k]}
+
+
+def plan(args) -> tuple[list, object]:
+    """Resolve the run matrix (method x backbone x seed) into RunSpecs, validating everything first."""
+    from .recipes import load_recipe
+    from .registry import ARCHITECTURES, METHODS, provenance
+    from .spec import RunSpec, settings_from
     if not args.methods:
         raise ConfigError("--methods is required (e.g. --methods ovsw recu, or --methods all); "
                           "see --list for what is registered")
@@ -121,53 +181,37 @@ def plan(args) -> tuple[list[dict], object]:
     archs = list(dict.fromkeys(args.archs or [recipe.backbone]))
     for a in archs:
         ARCHITECTURES.get(a, source="--archs")
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    if args.seeds < 1 or args.seeds > 10_000:
+        raise ConfigError(f"--seeds {args.seeds}: must be between 1 and 10000")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs}: must be at least 1")
     sets = parse_assignments(args.sets, "--set")
-    hps: dict[str, dict] = {}
-    for key, value in parse_assignments(args.hp, "--hp"):
-        if "." not in key:
-            raise ConfigError(f"--hp {key}={value}: expected METHOD.KEY=VALUE, e.g. ovsw.delta=0.02")
-        m, k = key.split(".", 1)
-        METHODS.get(m, source="--hp")
-        hps.setdefault(m, {})[k] = value
-    configs = []
+    hps = _cli_hparams(args, methods)
+    specs = []
     for arch in archs:
-        spec = ARCHITECTURES.get(arch)
+        family = ARCHITECTURES.get(arch).family
         for method in methods:
-            train, note = recipe.resolve(method, args.track)
-            for key, value in sets:
-                if key == "method_hparams":
-                    raise ConfigError("--set method_hparams: use --hp METHOD.KEY=VALUE instead")
-                train[key] = check_value(key, value, "--set")
-            recipe_epochs = train["epochs"]
-            if args.epochs is not None:
-                train["epochs"] = args.epochs
-            if train["warmup_epochs"] >= train["epochs"]:
-                train["warmup_epochs"] = max(0, min(train["warmup_epochs"], train["epochs"] - 1))
-            overrides = dict(train.pop("method_hparams"))
-            overrides.update(hps.get(method, {}))
-            src = f"recipe {recipe.path} and --hp"
-            hp = METHODS.get(method)(family=spec.family, overrides=overrides, source=src).hp
+            train, note, changes, recipe_epochs = _settings(recipe, method, args, sets)
+            hp, hp_changes = _method_hparams(method, family, train.pop("method_hparams"), hps.get(method, {}),
+                                             recipe.path)
+            plugins = {k: v for k, v in (("method", provenance(METHODS.get(method))),
+                                         ("backbone", provenance(ARCHITECTURES.get(arch)))) if v}
             for seed in range(train["seed"], train["seed"] + args.seeds):
-                cfg = {"recipe": recipe.name, "track": args.track, "track_note": note, "dataset": recipe.dataset,
-                       "backbone": arch, "hp_cli": hps.get(method, {}),
-                       "backbone_options": dict(recipe.backbone_options) if arch == recipe.backbone else {},
-                       "method": method, "method_hparams": hp, "seed": seed, "train": train,
-                       "epochs_overridden": args.epochs is not None and args.epochs != recipe_epochs,
-                       "recipe_epochs": recipe_epochs, "download": not args.no_download}
-                cfg["hash"] = config_hash(cfg)
-                configs.append(cfg)
-    return configs, recipe
+                specs.append(RunSpec(
+                    recipe=recipe.name, track=args.track, dataset=recipe.dataset, backbone=arch, method=method,
+                    method_hparams=hp, settings=settings_from(train), seed=seed,
+                    backbone_options=dict(recipe.backbone_options) if arch == recipe.backbone else {},
+                    changes={**changes, **hp_changes}, recipe_epochs=recipe_epochs, track_note=note,
+                    plugins=plugins, download=not args.no_download))
+    return specs, recipe
 
 
 def cmd_run(args, console) -> int:
     from . import distributed as ddp
+    from .data import dataset_kind
     from .plots import plot_all
     from .report import build_tables, collect, print_console, write_reports
-    from .store import RunDir, check_writable, run_name
+    from .store import RunDir, check_writable
     from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
     if args.launcher == "slurm":
@@ -181,8 +225,8 @@ def cmd_run(args, console) -> int:
     runs_dir = out / "runs"
     todo, skipped = [], []
     for cfg in configs:
-        rd = RunDir(runs_dir / run_name(cfg))
-        (skipped if rd.is_done() and not args.force else todo).append((cfg, rd))
+        rd = RunDir(runs_dir / cfg.name)
+        (skipped if rd.is_done(cfg.hash) and not args.force else todo).append((cfg, rd))
     if ddp.is_main() and not args.dry_run:
         for _, rd in skipped:
             rd.tidy_finished()
@@ -190,13 +234,13 @@ def cmd_run(args, console) -> int:
                   f"{len(todo)} to run, {len(skipped)} already done; device {device}; results in {out}")
     if args.dry_run:
         for cfg, rd in todo:
-            console.print(f"  would run  {rd.name}  ({cfg['track_note']})")
+            console.print(f"  would run  {rd.name}  ({cfg.track_note})")
         for _, rd in skipped:
             console.print(f"  done       {rd.name}")
         return 0
     if ddp.is_main():
         check_writable(runs_dir)
-    if recipe.dataset != "imagenet":
+    if dataset_kind(recipe.dataset) == "tensor":
         for cfg, _ in todo:  # missing data, bad subsets and oversized batches fail before any compute
             checked_data(cfg, data_root)
     if args.launcher == "slurm":
@@ -226,6 +270,8 @@ def cmd_run(args, console) -> int:
 
 def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
+    from rich.markup import escape
+
     from . import distributed as ddp
     from . import faults
     from .progress import RichProgress
@@ -243,20 +289,20 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
             console.print(f"[{k}/{len(todo)}] {rd.name}: {decision}")
             continue
         try:
-            console.print(f"[{k}/{len(todo)}] [bold]{cfg['method']}[/bold] on {cfg['backbone']} seed {cfg['seed']}"
-                          f" -> {rd.path}")
+            console.print(f"[{k}/{len(todo)}] [bold]{escape(cfg.label)}[/bold] on {cfg.backbone} seed {cfg.seed}"
+                          f" -> {escape(str(rd.path))}")
             try:
-                with RichProgress(console, cfg["method"]) as progress:
+                with RichProgress(console, cfg.method) as progress:
                     result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
             except Preempted as exc:
                 console.print(f"[yellow]preempted[/yellow]: {exc}")
                 return None
-            if result["status"] != "done":
+            if result.status != "done":
                 failures += 1
-                console.print(f"[red]run failed:[/red] {result['reason']}")
+                console.print(f"[red]run failed:[/red] {escape(str(result.reason))}")
             else:
-                console.print(f"  final top-1 {result['final_top1']:.2f}  best {result['best_top1']:.2f}  "
-                              f"silent {100 * result['silent']:.1f}%  {result['wall_time_s']:.0f}s")
+                console.print(f"  final top-1 {result.final_top1:.2f}  best {result.best_top1:.2f}  "
+                              f"silent {100 * result.silent:.1f}%  {result.wall_time_s:.0f}s")
         finally:
             if ddp.is_main():
                 faults.point("after_result")
@@ -306,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ddp.shutdown()
     except BnnBenchError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        from rich.markup import escape
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished epochs are checkpointed; rerun the same command "

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -173,7 +174,27 @@ TENSOR_DATASETS = {
     "fashion_mnist": lambda r, d: _mnist_family(r, d, cls_name="FashionMNIST"),
     "kmnist": lambda r, d: _mnist_family(r, d, cls_name="KMNIST"),
 }
-DATASETS = sorted([*TENSOR_DATASETS, "imagenet"])
+#: ImageFolder datasets (``train/`` and ``val/`` class folders), read by torchvision or DALI
+FOLDER_DATASETS = ("imagenet",)
+DATASETS = sorted([*TENSOR_DATASETS, *FOLDER_DATASETS])
+
+
+def dataset_kind(name: str) -> str:
+    """"tensor" (held in memory, :class:`TensorLoader`) or "folder" (an ImageFolder on disk)."""
+    check_dataset_name(name, "recipe")
+    return "folder" if name in FOLDER_DATASETS else "tensor"
+
+
+class BatchLoader(Protocol):
+    """What the trainer needs of a loader (:class:`TensorLoader`, :class:`FolderLoader`, ``DaliLoader``).
+
+    Batches may come on any device and in any memory layout: the trainer moves them to its device
+    (non-blocking) and to channels_last. The order depends only on (seed, epoch).
+    """
+
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
 def check_dataset_name(name: str, source: str) -> None:
@@ -312,9 +333,21 @@ class Lighting:
 
 
 def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers: int, seed: int,
-                     lighting: float = 0.1, scale=(0.08, 1.25), size: int = 224, shard=(0, 1)):
-    """ImageFolder train/val loaders with the ReCU/OvSW augmentations (methods_spec section 4)."""
+                     lighting: float = 0.1, scale=(0.08, 1.25), size: int = 224, shard=(0, 1),
+                     augment: str = "imagenet", normalize: str = "imagenet"):
+    """ImageFolder train/val loaders with the ReCU/OvSW augmentations (methods_spec section 4).
+
+    ``augment``: "imagenet" (RandomResizedCrop + flip + lighting) or "none" (the validation transform for
+    training too); ``normalize``: "imagenet" or "dataset" (the same ImageNet statistics: computing them over
+    the folder is not done). Other values raise.
+    """
     import torchvision.transforms as T
+    if augment not in ("imagenet", "none"):
+        raise DataError(f"augment = {augment!r} cannot be applied to an ImageFolder dataset; use 'imagenet' "
+                        f"or 'none'")
+    if normalize not in ("imagenet", "dataset"):
+        raise DataError(f"normalize = {normalize!r} cannot be applied to an ImageFolder dataset; use "
+                        f"'imagenet' (or 'dataset', which means the ImageNet statistics here)")
     from torchvision.datasets import ImageFolder
     root = Path(root)
     for split in ("train", "val"):
@@ -322,9 +355,9 @@ def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers:
             raise DataError(f"imagenet not found under --data-root {root}: expected {root}/train/<class>/*.JPEG "
                             f"and {root}/val/<class>/*.JPEG (torchvision ImageFolder layout)")
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = T.Compose([T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip(), T.ToTensor(),
-                          Lighting(lighting), norm])
     val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
+    train_tf = val_tf if augment == "none" else T.Compose([
+        T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip(), T.ToTensor(), Lighting(lighting), norm])
     train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
     if train.classes != val.classes:
         raise DataError(f"imagenet under {root}: train/ and val/ have different class folders")
@@ -335,7 +368,8 @@ def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers:
 
 
 class FolderLoader:
-    """torchvision DataLoader over an ImageFolder with the same interface as :class:`TensorLoader`.
+    """torchvision DataLoader over an ImageFolder (a :class:`BatchLoader`; batches stay on the CPU, pinned
+    on CUDA machines, and the trainer moves them).
 
     The order depends only on (seed, epoch) through a DistributedSampler (one replica unless sharded).
     """
@@ -347,9 +381,7 @@ class FolderLoader:
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
                                                   num_workers=workers, pin_memory=torch.cuda.is_available(),
                                                   drop_last=shuffle, persistent_workers=workers > 0)
-        self.device = torch.device("cpu")
         self.num_samples = len(self.sampler)
-        self.channels_last = False
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -367,8 +399,4 @@ class FolderLoader:
             loader = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size,
                                                  sampler=indices, num_workers=self.loader.num_workers,
                                                  pin_memory=torch.cuda.is_available(), drop_last=self.loader.drop_last)
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+        yield from loader

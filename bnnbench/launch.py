@@ -26,12 +26,12 @@ class RunJob:
     def __init__(self, out: str, data_root: str, device: str, plugins: list[str]):
         self.out, self.data_root, self.device, self.plugins = out, data_root, device, plugins
 
-    def __call__(self, cfg: dict) -> dict[str, Any]:
+    def __call__(self, cfg) -> dict[str, Any]:
         import submitit
 
         from . import distributed as ddp
         from .registry import load_plugin
-        from .store import RunDir, run_name
+        from .store import RunDir
         from .trainer import PREEMPTION, Preempted, resolve_device, train_run
         for spec in self.plugins:
             load_plugin(spec)
@@ -39,7 +39,7 @@ class RunJob:
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         device = ddp.setup(self.device) or resolve_device(self.device)
-        rd = RunDir(Path(self.out) / "runs" / run_name(cfg))
+        rd = RunDir(Path(self.out) / "runs" / cfg.name)
         decision = ddp.broadcast(rd.prepare(cfg) if ddp.is_main() else None)
         if decision != "run":
             return {"run": rd.name, "status": decision}
@@ -60,15 +60,15 @@ class RunJob:
             os.kill(os.getpid(), PREEMPTION.signum)
             time.sleep(5.0)  # the handler runs here; reached past only where it does not exit (SIGTERM)
             raise preempted
-        return {"run": rd.name, "status": result["status"]}
+        return {"run": rd.name, "status": result.status}
 
-    def checkpoint(self, cfg: dict):
+    def checkpoint(self, cfg):
         """Called by submitit on preemption/timeout: requeue; the new job resumes from the checkpoint."""
         import submitit
         return submitit.helpers.DelayedSubmission(RunJob(self.out, self.data_root, self.device, self.plugins), cfg)
 
 
-def submit(todo: list[tuple[dict, Any]], args, data_root: Path, console) -> int:
+def submit(todo: list[tuple[Any, Any]], args, data_root: Path, console) -> int:
     """Submit one job per pending run; with ``--wait`` wait for them and return 0 if all finished."""
     try:
         import submitit

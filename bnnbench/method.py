@@ -21,6 +21,11 @@ Everything that distinguishes a method lives in the plugin:
   step (OvSW's AGS + SAD); works with any optimizer because it only edits ``.grad``;
 * ``effective_sign`` (on the conv class): the sign the forward pass really uses, for flip tracking;
 * ``epoch_stats(model)``: extra per-epoch numbers for the run's metrics;
+* ``decays(name, param, policy)`` / ``no_decay``: which parameters get weight decay under the recipe's
+  ``wd_policy`` (default: all; no_1d: not 1-D ones; ``no_decay`` names binary-conv parameters, such as
+  learnable thresholds, that never get it; ``by_name`` is a method's own rule, e.g. ReCU's);
+* ``activation(channels)``: the module architectures put between binary convs (default ``nn.Hardtanh``);
+* ``loss(settings)``: the training loss (default cross-entropy with the recipe's label smoothing);
 * ``references()``: its published results, for the leaderboard's paper column.
 
 The engine only ever talks to this interface; it never names a method.
@@ -90,6 +95,10 @@ class Method:
     #: published results a third-party plugin ships itself (built-ins keep theirs in results/reference.yaml)
     published: ClassVar[list[dict[str, Any]]] = []
 
+    #: names of this method's binary-conv parameters (e.g. "beta" for a learnable threshold) that never get
+    #: weight decay, whatever the recipe's wd_policy
+    no_decay: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, family: str | None = None, overrides: dict[str, Any] | None = None,
                  source: str = "method defaults"):
         hp = copy.deepcopy(dict(self.hparams))
@@ -115,6 +124,32 @@ class Method:
 
     def after_backward(self, model: nn.Module) -> None:
         """Edit ``.grad`` in place after backward and AMP unscaling, before the optimizer step."""
+
+    # --- seams with defaults -------------------------------------------------------------------------------
+    def decays(self, name: str, param: nn.Parameter, policy: str) -> bool:
+        """Whether parameter ``name`` gets weight decay under ``wd_policy = policy``."""
+        if "." in name and name.rsplit(".", 1)[1] in self.no_decay:
+            return False
+        if policy == "all":
+            return True
+        if policy == "no_1d":
+            return param.dim() > 1
+        if policy == "by_name":
+            return self.decays_by_name(name)
+        raise ConfigError(f"wd_policy = {policy!r} is unknown; allowed: all, no_1d, by_name")
+
+    def decays_by_name(self, name: str) -> bool:
+        """The method's by-name weight-decay rule (``wd_policy: by_name``); methods without one refuse it."""
+        raise ConfigError(f"wd_policy = 'by_name' is a method's own rule and {self.name or 'this method'} "
+                          f"defines none; use 'all' or 'no_1d'")
+
+    def activation(self, channels: int) -> nn.Module:
+        """The activation architectures place between binary convs (Bi-Real-style blocks: Hardtanh)."""
+        return nn.Hardtanh(inplace=True)
+
+    def loss(self, settings) -> nn.Module:
+        """The training loss; ``settings`` is the run's TrainSettings."""
+        return nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """Extra numbers logged once per epoch (e.g. OvSW's EMA silent fraction)."""

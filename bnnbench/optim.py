@@ -18,47 +18,43 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, policy: str) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None) -> list[dict]:
+    """[{decayed params, weight_decay}, {the rest, 0}]; ``method.decays(name, param, policy)`` decides
+    (the :class:`~bnnbench.method.Method` default when ``method`` is None)."""
+    if method is None:
+        from .method import Method
+        method = Method()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if policy == "all":
-            use = True
-        elif policy == "no_1d":
-            use = p.dim() > 1
-        elif policy == "by_name":
-            leaf = name.split(".")
-            use = any("conv" in part or part == "fc" for part in leaf)
-        else:
-            raise ValueError(f"unknown wd_policy {policy!r}")
-        (decay if use else no_decay).append(p)
+        if p.requires_grad:
+            (decay if method.decays(name, p, policy) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
 
-def make_optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
-    groups = param_groups(model, tr["weight_decay"], tr["wd_policy"])
-    if tr["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=tr["lr"], momentum=tr["momentum"], nesterov=tr["nesterov"])
-    cls = torch.optim.Adam if tr["optimizer"] == "adam" else torch.optim.AdamW
-    return cls(groups, lr=tr["lr"], betas=tuple(tr["betas"]))
+def make_optimizer(model: nn.Module, st, method=None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model`` (``st``: the run's TrainSettings)."""
+    groups = param_groups(model, st.weight_decay, st.wd_policy, method)
+    if st.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=st.lr, momentum=st.momentum, nesterov=st.nesterov)
+    cls = torch.optim.Adam if st.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=st.lr, betas=tuple(st.betas))
 
 
-def lr_at(tr: dict, t: float, unit: float = 1.0) -> float:
-    """Learning rate at fractional epoch ``t`` (see the module docstring)."""
-    lr0, E, W = tr["lr"], tr["epochs"], tr["warmup_epochs"]
+def lr_at(st, t: float, unit: float = 1.0) -> float:
+    """Learning rate at fractional epoch ``t`` (see the module docstring; ``st``: TrainSettings)."""
+    lr0, E, W = st.lr, st.epochs, st.warmup_epochs
     if t < W:
         return lr0 * min(1.0, (t + unit) / W)
-    kind = tr["schedule"]
+    kind = st.schedule
     if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (t - W) / (E - W))) * lr0 + tr["min_lr"]
+        return 0.5 * (1 + math.cos(math.pi * (t - W) / (E - W))) * lr0 + st.min_lr
     if kind == "linear":
         return lr0 * max(0.0, 1 - (t + unit) / E)
     if kind == "step":
-        return lr0 * tr["lr_gamma"] ** sum(t >= m for m in tr["milestones"])
+        return lr0 * st.lr_gamma ** sum(t >= m for m in st.milestones)
     return lr0
 
 

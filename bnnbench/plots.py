@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .store import RESULT, RunDir
+from .store import RESULT, RunDir, load_torch
 
 
 def _plt():
@@ -26,18 +26,20 @@ def _plt():
     return plt
 
 
-def _group_runs(runs: list[dict]) -> dict[tuple, dict[str, dict]]:
-    from .report import variant_label
-    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for r in sorted(runs, key=lambda r: (r["seed"], r["run_dir"])):
-        if r["status"] != "done":
+def _group_runs(runs: list) -> dict[tuple, dict[str, Path]]:
+    """{(recipe, track, backbone, epochs, full data): {row label: run directory of its first seed}}."""
+    from .report import row_labels
+    labels = row_labels([s.result for s in runs])
+    groups: dict[tuple, dict[str, Path]] = defaultdict(dict)
+    for s in sorted(runs, key=lambda s: (s.result.seed, s.name)):
+        r = s.result
+        if r.status != "done":
             continue
-        key = (r["recipe"], r["track"], r["backbone"], r["epochs"], bool(r["full_data"]))
-        groups[key].setdefault(variant_label(r), r)
+        groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))].setdefault(labels[r.group], s.path)
     return groups
 
 
-def plot_curves(runs: list[dict], out: Path) -> dict[Path, int]:
+def plot_curves(runs: list, out: Path) -> dict[Path, int]:
     """Accuracy and flip-ratio curves per recipe x track x backbone; returns {file: number of lines}."""
     plt = _plt()
     out = Path(out) / "plots"
@@ -50,7 +52,7 @@ def plot_curves(runs: list[dict], out: Path) -> dict[Path, int]:
             fig, ax = plt.subplots(figsize=(6.4, 4.0))
             n = 0
             for label in sorted(by_method):
-                rows = RunDir(Path(by_method[label]["_path"])).read_metrics()
+                rows = RunDir(by_method[label]).read_metrics()
                 xs = [r["epoch"] + 1 for r in rows if r.get(key) is not None]
                 ys = [scale * r[key] for r in rows if r.get(key) is not None]
                 if xs:
@@ -76,8 +78,7 @@ def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: i
     init_p, flips_p = rd.file("init_weights.pt"), rd.file("flips.pt")
     if not (init_p.exists() and flips_p.exists()):
         return None
-    init = torch.load(init_p, map_location="cpu")
-    never = torch.load(flips_p, map_location="cpu")
+    init, never = load_torch(init_p), load_torch(flips_p)
     names = [n for n in init if n in never]
     if not names:
         return None
@@ -107,11 +108,12 @@ def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: i
     return path
 
 
-def plot_all(runs: list[dict], out: Path) -> list[Path]:
+def plot_all(runs: list, out: Path) -> list[Path]:
+    """Every plot of the collected runs (``report.StoredRun``); returns the files written."""
     written = list(plot_curves(runs, out))
-    for r in runs:
-        if r["status"] == "done" and (Path(r["_path"]) / RESULT).exists():
-            p = plot_silent_hist(Path(r["_path"]), out)
+    for s in runs:
+        if s.result.status == "done" and (s.path / RESULT).exists():
+            p = plot_silent_hist(s.path, out)
             if p:
                 written.append(p)
     return written

@@ -127,7 +127,7 @@ def check_train(doc: Any, where: str, *, partial: bool) -> dict:
     if not partial:
         if out["warmup_epochs"] >= out["epochs"] and out["warmup_epochs"] > 0:
             raise ConfigError(f"{where}: warmup_epochs = {out['warmup_epochs']} must be smaller than "
-                              f"epochs = {out['epochs']}")
+                              f"epochs = {out['epochs']} (e.g. --set warmup_epochs={out['epochs'] // 2})")
         for m, hp in out["method_hparams"].items():
             if not isinstance(hp, dict):
                 raise ConfigError(f"{where}: method_hparams.{m} must be a mapping, got {hp!r}")

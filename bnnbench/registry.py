@@ -2,9 +2,9 @@
 
 Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live in the folders
 ``methods/`` and ``architectures/`` of the project, installed as the subpackages ``bnnbench.methods`` and
-``bnnbench.architectures`` (one module each, imported in name order; never looked up in the current folder); third-party plugins come from
-the entry-point groups ``bnnbench.methods`` / ``bnnbench.architectures`` or from an explicit file path or
-module name (:func:`load_plugin`, ``--plugin`` on the CLI). A plugin that fails to import raises
+``bnnbench.architectures`` (one module each, imported in name order; never looked up in the current
+folder); third-party plugins come from the entry-point groups ``bnnbench.methods`` /
+``bnnbench.architectures`` or from an explicit file path or module name (:func:`load_plugin`, ``--plugin`` on the CLI). A plugin that fails to import raises
 :class:`~bnnbench.errors.RegistryError` naming the plugin and the original error: nothing is swallowed.
 """
 from __future__ import annotations
@@ -164,3 +164,24 @@ def load_plugin(spec: str) -> str:
     _import(spec, f"plugin module {spec!r} (from --plugin)")
     _loaded_plugins[spec] = spec
     return spec
+
+
+def provenance(obj: Any) -> dict[str, str] | None:
+    """Where a third-party plugin's code came from and a sha256 of its source file; None for built-ins.
+
+    Part of every run's identity, so editing a plugin makes new runs instead of reusing stale results.
+    """
+    import hashlib
+    module_name = getattr(obj, "__module__", None) or getattr(getattr(obj, "build", None), "__module__", "")
+    if module_name.split(".")[:2] in (["bnnbench", "methods"], ["bnnbench", "architectures"]):
+        return None
+    module = sys.modules.get(module_name)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return {"origin": module_name, "sha256": "unknown (no source file)"}
+    origin = str(path)
+    top = module_name.split(".")[0]
+    dists = metadata.packages_distributions().get(top, [])
+    if dists and not module_name.startswith("bnnbench_plugin_"):
+        origin = f"{dists[0]}=={metadata.version(dists[0])} ({module_name})"
+    return {"origin": origin, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

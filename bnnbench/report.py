@@ -15,53 +15,88 @@ import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from tabulate import tabulate
 
+from .errors import RunError
 from .references import find_reference
-from .store import CONFIG, RESULT, atomic_write_text, read_json, verify_result
+from .spec import RunResult
+from .store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_result
 
 COLUMNS = ["method", "top1 final", "top1 best", "top5", "paper", "gap", "silent %", "flip %", "binary params %",
            "OPs", "size", "epochs", "wall/run", "img/s"]
 
 
-def collect(out: Path, warn: Callable[[str], None]) -> list[dict]:
-    """Results of every complete run under ``out/runs``; partial or corrupt ones are skipped with a warning."""
+@dataclass(frozen=True)
+class StoredRun:
+    """A finished run as the reports see it: its result and its directory."""
+
+    result: RunResult
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(d: Path) -> StoredRun:
+    """The run in ``d``; ValueError/RunError when its files are missing, corrupt or do not belong together."""
+    rd = RunDir(d)
+    doc = verify_result(read_json(d / RESULT))
+    spec = rd.read_spec()
+    cfg_hash = (yaml.safe_load((d / CONFIG).read_text()) or {}).get("hash")
+    recorded = doc.get("spec_hash", doc.get("config_hash"))
+    if recorded != cfg_hash:
+        raise ValueError(f"{RESULT} belongs to run {recorded}, {CONFIG} to {cfg_hash}")
+    if doc.get("schema") is not None and spec.hash != cfg_hash:
+        raise ValueError(f"{CONFIG} was edited: its content hashes to {spec.hash}, not {cfg_hash}")
+    if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
+        raise ValueError("no final accuracy")
+    return StoredRun(RunResult.from_dict(doc, spec), d)
+
+
+def collect(out: Path, warn: Callable[[str], None]) -> list[StoredRun]:
+    """Every complete run under ``out/runs``; partial or corrupt ones are skipped with a warning."""
     runs = []
     root = Path(out) / "runs"
     if not root.is_dir():
         return runs
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        res_path = d / RESULT
-        if not res_path.exists():
+        if not (d / RESULT).exists():
             warn(f"skipping {d}: no {RESULT} (unfinished or interrupted run)")
             continue
         try:
-            res = verify_result(read_json(res_path))
-            cfg = yaml.safe_load((d / CONFIG).read_text())
-            if not isinstance(cfg, dict):
-                raise ValueError(f"{CONFIG} is not a mapping")
-            if res.get("config_hash") != cfg.get("hash"):
-                raise ValueError(f"config hash {res.get('config_hash')} does not match {CONFIG} ({cfg.get('hash')})")
-            if res["status"] == "done" and not isinstance(res.get("final_top1"), (int, float)):
-                raise ValueError("no final accuracy")
-        except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError) as exc:
+            runs.append(load_run(d))
+        except (OSError, ValueError, RunError, yaml.YAMLError, KeyError, TypeError) as exc:
             warn(f"skipping {d}: corrupt {RESULT} or {CONFIG} ({type(exc).__name__}: {exc})")
-            continue
-        res["run_dir"] = d.name
-        res["_path"] = str(d)
-        runs.append(res)
     return runs
 
 
-def variant_label(result: dict) -> str:
-    """Method name, plus the hyperparameters set on the command line (--hp) that make it a variant."""
-    hp = result.get("hp_cli") or {}
-    if not hp:
-        return result["method"]
-    return result["method"] + "[" + ",".join(f"{k}={hp[k]}" for k in sorted(hp)) + "]"
+def common_changes(runs: list[RunResult]) -> dict:
+    """The changes from the recipe that every run of a table shares (shown once, in the title)."""
+    items = [set((k, repr(v)) for k, v in r.changes.items() if k != "epochs") for r in runs]
+    shared = set.intersection(*items) if items else set()
+    keys = {k for k, _ in shared}
+    return {k: v for k, v in runs[0].changes.items() if k in keys} if runs else {}
+
+
+def row_labels(runs: list[RunResult]) -> dict[str, str]:
+    """Row label per group: the method and how it differs from the recipe beyond the table's shared
+    changes; the group hash is added where two groups would share a label."""
+    common = common_changes(runs)
+
+    def label(r: RunResult) -> str:
+        diff = {k: v for k, v in r.changes.items() if k != "epochs" and k not in common}
+        prefix = f"{r.method}."
+        return r.method + ("[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
+                           if diff else "")
+    by_label: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        by_label[label(r)].add(r.group)
+    return {r.group: label(r) if len(by_label[label(r)]) == 1 else f"{label(r)}#{r.group[:6]}" for r in runs}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -87,55 +122,65 @@ def _fmt_time(s: float | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def build_tables(runs: list[dict]) -> list[dict]:
-    """Group runs into tables; each table is {'title', 'notes', 'rows': [dict per method]} (sorted, stable)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        key = (r["recipe"], r["track"], r["dataset"], r["backbone"], r["epochs"], bool(r["epochs_overridden"]),
-               bool(r["full_data"]))
-        groups[key].append(r)
+def build_tables(stored: list[StoredRun]) -> list[dict]:
+    """Group runs into tables; each table is {'title', 'rows': [dict per configuration]} (sorted, stable).
+
+    One table per (recipe, track, dataset, backbone, epochs, --epochs override, full data); one row per
+    run group (the RunSpec without the seed): only seeds of one configuration are averaged.
+    """
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for r in (s.result for s in stored):
+        groups[(r.recipe, r.track, r.dataset, r.backbone, r.epochs, bool(r.epochs_overridden),
+                bool(r.full_data))].append(r)
     tables = []
     for key in sorted(groups):
         recipe, track, dataset, backbone, epochs, overridden, full = key
-        rows = []
-        by_method: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        labels = row_labels(groups[key])
+        by_group: dict[str, list[RunResult]] = defaultdict(list)
         for r in groups[key]:
-            by_method[(r["method"], variant_label(r))].append(r)
-        for method, label in sorted(by_method):
-            rs = by_method[(method, label)]
-            ok = [r for r in rs if r["status"] == "done"]
-            failed = [r for r in rs if r["status"] == "failed"]
-            row = {"method": label, "n": len(ok), "failed": len(failed),
-                   "failures": [f"seed {r['seed']}: {r.get('reason')}" for r in failed]}
-            if ok:
-                f_mean, f_std = _mean_std([r["final_top1"] for r in ok])
-                b_mean, _ = _mean_std([r["best_top1"] for r in ok])
-                top5 = [r["final_top5"] for r in ok if r.get("final_top5") is not None]
-                silent = [r["silent"] for r in ok if r.get("silent") is not None]
-                flip = [r["flip_any"] for r in ok if r.get("flip_any") is not None]
-                ops = ok[0].get("ops") or {}
-                row.update(final_top1=f_mean, final_top1_std=f_std, best_top1=b_mean,
-                           top5=statistics.fmean(top5) if top5 else None,
-                           silent=100 * statistics.fmean(silent) if silent else None,
-                           flip=100 * statistics.fmean(flip) if flip else None,
-                           binary_params=100 * ops["binary_param_ratio"] if ops else None,
-                           ops=ops.get("ops"), packed_bytes=ops.get("packed_bytes"),
-                           wall=statistics.fmean([r["wall_time_s"] for r in ok]),
-                           ips=statistics.fmean([r["images_per_s"] for r in ok if r.get("images_per_s")] or [0]),
-                           epochs_run=max(r["epochs_run"] for r in ok))
-            ref = find_reference(method, dataset, backbone)
-            row["paper"] = ref["top1"] if ref else None
-            row["paper_source"] = ref["source"] if ref else None
-            comparable = (ref is not None and full and not overridden
-                          and (ref["epochs"] is None or ref["epochs"] == epochs))
-            row["comparable"] = comparable
-            row["gap"] = (row["best_top1"] - ref["top1"]) if (comparable and ok) else None
-            rows.append(row)
+            by_group[r.group].append(r)
+        rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden)
+                for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
         sched = f"{epochs} epochs" + (" (--epochs override)" if overridden else "") + ("" if full else ", data subset")
+        shared = common_changes(groups[key])
+        if shared:
+            sched += "; all rows: " + ", ".join(f"{k}={shared[k]}" for k in sorted(shared))
         tables.append({"recipe": recipe, "track": track, "dataset": dataset, "backbone": backbone,
                        "epochs": epochs, "epochs_overridden": overridden, "full_data": full,
                        "title": f"{recipe} [{track}] {dataset} / {backbone}, {sched}", "rows": rows})
     return tables
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
+         overridden: bool) -> dict:
+    ok = [r for r in rs if r.status == "done"]
+    failed = [r for r in rs if r.status == "failed"]
+    row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
+           "seeds": sorted(r.seed for r in ok), "failures": [f"seed {r.seed}: {r.reason}" for r in failed]}
+    if ok:
+        f_mean, f_std = _mean_std([r.final_top1 for r in ok])
+        ops = dict(ok[0].ops or {})
+        silent, flip = _mean(r.silent for r in ok), _mean(r.flip_any for r in ok)
+        row.update(final_top1=f_mean, final_top1_std=f_std, best_top1=_mean(r.best_top1 for r in ok),
+                   top5=_mean(r.final_top5 for r in ok), silent=None if silent is None else 100 * silent,
+                   flip=None if flip is None else 100 * flip,
+                   binary_params=100 * ops["binary_param_ratio"] if ops else None,
+                   ops=ops.get("ops"), packed_bytes=ops.get("packed_bytes"),
+                   wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
+                   epochs_run=max(r.epochs_run for r in ok))
+    ref = find_reference(rs[0].method, dataset, backbone)
+    row["paper"] = ref["top1"] if ref else None
+    row["paper_source"] = ref["source"] if ref else None
+    comparable = (ref is not None and full and not overridden and not rs[0].changes
+                  and (ref["epochs"] is None or ref["epochs"] == epochs))
+    row["comparable"] = comparable
+    row["gap"] = (row["best_top1"] - ref["top1"]) if (comparable and ok) else None
+    return row
 
 
 def _cells(row: dict) -> list[str]:
@@ -200,6 +245,7 @@ def write_reports(out: Path, tables: list[dict]) -> dict[str, Path]:
 
 
 def print_console(tables: list[dict], console) -> None:
+    from rich.markup import escape
     from rich.table import Table
     if not tables:
         console.print("No finished runs.")
@@ -208,5 +254,5 @@ def print_console(tables: list[dict], console) -> None:
         for c in COLUMNS:
             table.add_column(c, justify="left" if c == "method" else "right")
         for row in t["rows"]:
-            table.add_row(*_cells(row))
+            table.add_row(*(escape(c) for c in _cells(row)))
         console.print(table)

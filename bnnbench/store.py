@@ -9,8 +9,10 @@
         result.json       written atomically, last: a run with a valid result.json is done
         lock              claim of the worker running it (pid, host, time)
 
-The hash covers everything that changes the numbers (recipe settings, method hyperparameters, seed,
-epochs, data subset), not where or on what device the run executes.
+The name and hash come from the run's :class:`~bnnbench.spec.RunSpec` (its identity covers what
+changes the numbers, not where or on what device the run executes). Checkpoints are plain ``torch.save``
+files that ``torch.load(path, weights_only=True)`` opens; each holds a sha256 of its own tensors and
+values (``integrity``), checked on load. Nothing is ever loaded with ``weights_only=False``.
 """
 from __future__ import annotations
 
@@ -31,20 +33,6 @@ from .errors import RunError
 
 RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", "metrics.jsonl",
                                                   "checkpoint.pt", "checkpoint.prev.pt", "lock")
-#: config keys that do not change the numbers and stay out of the hash
-UNHASHED = {"device", "data_root", "out", "hash", "track_note"}
-
-
-def config_hash(cfg: dict) -> str:
-    payload = json.dumps({k: v for k, v in cfg.items() if k not in UNHASHED}, sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()[:8]
-
-
-def run_name(cfg: dict) -> str:
-    return (f"{cfg['recipe']}__{cfg['track']}__{cfg['backbone']}__{cfg['method']}__s{cfg['seed']}"
-            f"__{config_hash(cfg)}")
-
-
 # --- atomic writes -----------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -87,28 +75,64 @@ def read_json(path: Path) -> Any:
 
 # --- integrity -------------------------------------------------------------------------------------------
 
-_MAGIC = b"BNNCKPT1"
+_MAGIC = b"BNNCKPT1"  # the first checkpoint layout: MAGIC + sha256(payload) + torch.save payload
+INTEGRITY = "integrity"
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a nested structure of dicts, lists, tensors and plain values (dict order ignored)."""
+    h = hashlib.sha256()
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+    walk(obj)
+    return h.hexdigest()
 
 
 def pack_checkpoint(state: dict) -> bytes:
-    """MAGIC + sha256(payload) + payload, payload = torch.save(state)."""
+    """torch.save({**state, "integrity": sha256 of the state's content})."""
     import io
     buf = io.BytesIO()
-    torch.save(state, buf)
-    payload = buf.getvalue()
-    return _MAGIC + hashlib.sha256(payload).digest() + payload
+    torch.save({**state, INTEGRITY: content_digest(state)}, buf)
+    return buf.getvalue()
+
+
+def load_torch(path: Path) -> Any:
+    """``torch.load`` of a file the suite wrote, tensors and plain containers only (``weights_only``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def unpack_checkpoint(data: bytes) -> dict:
+    """The state of a checkpoint; raises ValueError when it is truncated, corrupt or not the suite's."""
     import io
-    if not data.startswith(_MAGIC):  # a plain torch.save file (written without the integrity header)
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    if len(data) < len(_MAGIC) + 32:
-        raise ValueError("truncated checkpoint")
-    digest, payload = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
-    if hashlib.sha256(payload).digest() != digest:
-        raise ValueError("checksum mismatch (truncated or corrupted file)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    if data.startswith(_MAGIC):
+        digest, payload = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
+        if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:
+            raise ValueError("checksum mismatch (truncated or corrupted file)")
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or INTEGRITY not in state:
+        raise ValueError("not a bnnbench checkpoint (no integrity digest)")
+    digest = state.pop(INTEGRITY)
+    if content_digest(state) != digest:
+        raise ValueError("checksum mismatch (corrupted file)")
+    return state
 
 
 def _result_digest(result: dict) -> str:
@@ -136,7 +160,7 @@ def verify_result(result) -> dict:
     return result
 
 
-_REQUIRED = ("status", "config_hash", "recipe", "track", "dataset", "backbone", "method", "seed", "epochs",
+_REQUIRED = ("status", "recipe", "track", "dataset", "backbone", "method", "seed", "epochs",
              "epochs_run", "final_top1", "best_top1", "wall_time_s")
 
 
@@ -153,23 +177,34 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def create(self, cfg: dict) -> None:
+    def create(self, spec) -> None:
+        """Write the run's ``config.yaml`` (its RunSpec) unless it is there already."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.file(CONFIG).exists():
-            atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=True))
+            atomic_write_text(self.file(CONFIG), yaml.safe_dump(spec.to_dict(), sort_keys=True))
 
-    def prepare(self, cfg: dict, force: bool = False) -> str:
+    def read_spec(self):
+        """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
+        from .spec import RunSpec
+        p = self.file(CONFIG)
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except (OSError, UnicodeError, yaml.YAMLError) as exc:
+            raise RunError(f"{p} is unreadable ({type(exc).__name__}: {exc})") from None
+        return RunSpec.from_dict(doc, where=str(p))
+
+    def prepare(self, spec, force: bool = False) -> str:
         """Claim this run for training and write its config: "run", or the reason it is not run here."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.claim():
             return "claimed by another worker, skipped"
         self.remove_temp_files()  # half writes of a killed worker; the claim makes them ours to remove
-        if self.is_done() and not force:
+        if self.is_done(spec.hash) and not force:
             self.release()
             return "finished by another worker"
         if force:
             self.clear()
-        self.create(cfg)
+        self.create(spec)
         return "run"
 
     def remove_temp_files(self) -> None:
@@ -198,11 +233,17 @@ class RunDir:
                 warn(f"{p} is corrupt ({exc}); the run is not counted as done")
             return None
 
-    def is_done(self) -> bool:
-        return self.read_result() is not None
+    def is_done(self, spec_hash: str | None = None) -> bool:
+        """A valid result.json is there (and, given ``spec_hash``, it is the result of that RunSpec)."""
+        result = self.read_result()
+        if result is None:
+            return False
+        return spec_hash is None or result.get("spec_hash", result.get("config_hash")) == spec_hash
 
-    def write_result(self, result: dict) -> None:
-        write_json(self.file(RESULT), seal_result(result))
+    def write_result(self, result) -> None:
+        """Write a RunResult (or its dict), sealed with a checksum."""
+        doc = result if isinstance(result, dict) else result.to_dict()
+        write_json(self.file(RESULT), seal_result(doc))
 
     def clear(self) -> None:
         """Forget a previous attempt (``--force``): result, checkpoints, metrics."""
@@ -227,7 +268,7 @@ class RunDir:
                 continue
             try:
                 state = unpack_checkpoint(p.read_bytes())
-                if not isinstance(state, dict) or "epoch" not in state:
+                if "epoch" not in state:
                     raise ValueError("not a bnnbench checkpoint")
                 return state
             except Exception as exc:  # noqa: BLE001 - reported, then the older checkpoint is tried

@@ -1,4 +1,10 @@
-"""One training loop for every method.
+"""One training loop for every method: the :class:`Run` object.
+
+``Run(spec, run_dir, device, data_root)`` sets a run up (seed, data, method, model, optimizer, flip
+tracker), ``resume()`` restores it from its last good checkpoint (which must belong to the same
+:class:`~bnnbench.spec.RunSpec`), ``train_epoch`` / ``evaluate`` do one epoch and one evaluation,
+``state_dict`` / ``load_state_dict`` are the checkpoint (mid-epoch state included), ``result`` the
+:class:`~bnnbench.spec.RunResult`, and ``fit`` runs all of it.
 
 Per iteration: forward (autocast on CUDA when the recipe asks for AMP) -> loss -> backward through the
 GradScaler -> ``scaler.unscale_`` -> ``method.after_backward`` (gradient editing in true units) ->
@@ -22,12 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, faults
 from . import distributed as ddp
-from . import faults
 from .arch import build_model
-from .data import NORMALIZATIONS, TensorLoader, imagenet_loaders, load_tensor_dataset, subset
-from .errors import ConfigError
+from .data import NORMALIZATIONS, TensorLoader, dataset_kind, imagenet_loaders, load_tensor_dataset, subset
+from .errors import ConfigError, RunError
 from .flips import FlipTracker
 from .host import keep_freed_memory
 from .ops import count_ops
@@ -35,7 +40,8 @@ from .optim import lr_at, make_optimizer, set_lr
 from .paths import ROOT
 from .progress import Progress
 from .registry import ARCHITECTURES, METHODS
-from .store import RunDir, atomic_torch_save, config_hash
+from .spec import RunResult, RunSpec
+from .store import RunDir, atomic_torch_save, load_torch
 
 
 def seed_everything(seed: int) -> None:
@@ -67,48 +73,54 @@ def git_commit() -> str | None:
         return None
 
 
-def checked_data(cfg: dict, data_root: Path):
+def checked_data(spec: RunSpec, data_root: Path):
     """The run's in-memory dataset (subset applied), after checking the batch size against it."""
-    tr = cfg["train"]
-    data = load_tensor_dataset(cfg["dataset"], data_root, download=cfg.get("download", True))
-    data = subset(data, tr["train_subset"], tr["test_subset"])
-    if tr["batch_size"] > len(data.train_y):
-        raise ConfigError(f"batch_size = {tr['batch_size']} is larger than the {len(data.train_y)} training "
-                          f"images of {data.name} (recipe {cfg['recipe']}); lower it")
+    st = spec.settings
+    data = load_tensor_dataset(spec.dataset, data_root, download=spec.download)
+    data = subset(data, st.train_subset, st.test_subset)
+    if st.batch_size > len(data.train_y):
+        raise ConfigError(f"batch_size = {st.batch_size} is larger than the {len(data.train_y)} training "
+                          f"images of {data.name} (recipe {spec.recipe}); lower it")
     return data
 
 
-def make_loaders(cfg: dict, device: torch.device, data_root: Path):
+def make_loaders(spec: RunSpec, device: torch.device, data_root: Path):
     """(train_loader, test_loader, num_classes) for the run's dataset and settings (this rank's share)."""
-    tr = cfg["train"]
+    st = spec.settings
     shard = (ddp.rank(), ddp.world_size() if ddp.active() else 1)
-    if tr["batch_size"] % shard[1]:
-        raise ConfigError(f"batch_size = {tr['batch_size']} (the global batch) must be divisible by the "
+    if st.batch_size % shard[1]:
+        raise ConfigError(f"batch_size = {st.batch_size} (the global batch) must be divisible by the "
                           f"{shard[1]} processes of this torchrun job")
-    if cfg["dataset"] == "imagenet" and tr["loader"] == "dali":
+    folder = dataset_kind(spec.dataset) == "folder"
+    if st.loader == "dali" and not folder:
+        raise ConfigError(f"loader = 'dali' is for ImageFolder datasets (imagenet), not {spec.dataset}")
+    if folder and st.loader == "dali":
         from .dali import DaliLoader
         root = Path(data_root)
-        per_rank = dict(seed=cfg["seed"], device=device, workers=tr["workers"], shard=shard)
-        train = DaliLoader(root / "train", tr["batch_size"] // shard[1], train=True, **per_rank)
-        val = DaliLoader(root / "val", tr["eval_batch_size"], train=False, **per_rank)
+        per_rank = dict(seed=spec.seed, device=device, workers=st.workers, shard=shard)
+        train = DaliLoader(root / "train", st.batch_size // shard[1], train=True, **per_rank)
+        val = DaliLoader(root / "val", st.eval_batch_size, train=False, **per_rank)
         return train, val, len([p for p in (root / "train").iterdir() if p.is_dir()])
-    if tr["loader"] == "dali":
-        raise ConfigError(f"loader = 'dali' is for ImageFolder datasets (imagenet), not {cfg['dataset']}")
-    if cfg["dataset"] == "imagenet":
-        return imagenet_loaders(data_root, tr["batch_size"] // shard[1], tr["eval_batch_size"], tr["workers"],
-                                cfg["seed"], shard=shard)
-    data = checked_data(cfg, data_root)
-    mean, std = data.stats() if tr["normalize"] == "dataset" else NORMALIZATIONS[tr["normalize"]]
-    if tr["augment"] == "imagenet":
+    if folder:
+        return imagenet_loaders(data_root, st.batch_size // shard[1], st.eval_batch_size, st.workers, spec.seed,
+                                shard=shard, augment=st.augment, normalize=st.normalize)
+    data = checked_data(spec, data_root)
+    mean, std = data.stats() if st.normalize == "dataset" else NORMALIZATIONS[st.normalize]
+    if st.augment == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
-    common = dict(mean=mean, std=std, device=device, seed=cfg["seed"], channels_last=True,
-                  shard=shard)
-    train = TensorLoader(data.train_x, data.train_y, tr["batch_size"], shuffle=True, drop_last=False,
-                         crop_pad=4 if tr["augment"] in ("cifar", "crop") else 0,
-                         flip=tr["augment"] == "cifar", **common)
-    test = TensorLoader(data.test_x, data.test_y, tr["eval_batch_size"], shuffle=False, drop_last=False,
-                        **common)
+    common = dict(mean=mean, std=std, device=device, seed=spec.seed, channels_last=True, shard=shard)
+    train = TensorLoader(data.train_x, data.train_y, st.batch_size, shuffle=True, drop_last=False,
+                         crop_pad=4 if st.augment in ("cifar", "crop") else 0, flip=st.augment == "cifar", **common)
+    test = TensorLoader(data.test_x, data.test_y, st.eval_batch_size, shuffle=False, drop_last=False, **common)
     return train, test, data.num_classes
+
+
+def on_device(batches, device: torch.device):
+    """Batches of any loader on the training device, NHWC (a no-op for loaders that already deliver so)."""
+    for x, y in batches:
+        if x.device != device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield x.contiguous(memory_format=torch.channels_last), y
 
 
 @torch.no_grad()
@@ -118,7 +130,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
     correct1 = torch.zeros((), device=device, dtype=torch.int64)
     correct5 = torch.zeros((), device=device, dtype=torch.int64)
     n = 0
-    for x, y in loader:
+    for x, y in on_device(loader, device):
         with torch.autocast(device.type, enabled=amp):
             out = model(x)
         loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
@@ -206,183 +218,248 @@ def global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> lis
     return ddp.all_reduce_sum(t).tolist()
 
 
-def train_run(cfg: dict, run: RunDir, device: torch.device, data_root: Path,
-              progress: Progress | None = None, warn: Callable[[str], None] = print) -> dict:
-    """Train (or resume) one run described by ``cfg`` in ``run``; returns and writes its result."""
-    progress = progress or Progress()
-    tr = cfg["train"]
-    t0 = time.time()
-    commit = git_commit()  # the code this process runs, read before training starts
-    seed_everything(cfg["seed"])
-    spec = ARCHITECTURES.get(cfg["backbone"])
-    train_loader, test_loader, num_classes = make_loaders(cfg, device, data_root)
-    method = METHODS.get(cfg["method"])(family=spec.family, overrides=cfg["method_hparams"],
-                                        source=f"run config of {run.name}")
-    model = build_model(method, spec, num_classes, options=cfg["backbone_options"],
-                        source=f"recipe {cfg['recipe']}").to(device)
-    # NHWC: oneDNN (CPU) and cuDNN (GPU) convolutions run without layout reorders; the cresnet20 step on
-    # a 2-core CPU is ~17% faster than in NCHW (``run_bench.py bench``)
-    model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    kept = keep_freed_memory() if device.type == "cpu" else False
-    ops = count_ops(model, spec.input_size).as_dict()
-    net = model  # the plain module: hooks, flip tracking and checkpoints use it; `model` may be DDP
-    if ddp.active():
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if tr["compile"] and device.type == "cuda":
-        model = torch.compile(model)
-    main = ddp.is_main()
-    optimizer = make_optimizer(net, tr)
-    use_amp = bool(tr["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=tr["label_smoothing"])
-    tracker = FlipTracker(net)
-    epochs = tr["epochs"]
-    steps = len(train_loader)
-    per_iter = tr["lr_step"] == "iter"
+class EpochSums:
+    """Loss, correct predictions and images of the epoch so far, kept on the device (no host sync per step)."""
 
-    history: list[dict] = []
-    start_epoch, train_time, images = 0, 0.0, 0
-    partial = None
-    state = run.load_checkpoint(warn)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        tracker.load_state_dict(state["flips"])
-        history = state["history"]
-        train_time, images = state["train_time"], state["images"]
-        partial = state.get("partial")
-        start_epoch = partial["epoch"] if partial else state["epoch"] + 1
-        if main:
-            run.write_metrics(history)
-        if run.file("init_weights.pt").exists():
-            tracker.init_weights = torch.load(run.file("init_weights.pt"), map_location="cpu")
-    elif main:
-        atomic_torch_save(tracker.init_weights, run.file("init_weights.pt"))
+    def __init__(self, device: torch.device, loss: float = 0.0, correct: int = 0, seen: int = 0):
+        self.loss = torch.tensor(loss, device=device, dtype=torch.float64)
+        self.correct = torch.tensor(correct, device=device, dtype=torch.int64)
+        self.seen = seen
 
-    def snapshot(epoch_done: int, partial_state: dict | None = None) -> dict:
-        return {"epoch": epoch_done, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "flips": tracker.state_dict(), "history": history,
-                "train_time": train_time, "images": images, "config_hash": config_hash(cfg),
-                "partial": partial_state}
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.double() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.seen += len(y)
 
-    status, reason = "done", None
-    with PREEMPTION as guard:
-        for epoch in range(start_epoch, epochs):
-            method.on_epoch_start(net, epoch, epochs)
-            train_loader.set_epoch(epoch)
-            model.train()
-            progress.start_epoch(epoch, epochs, steps)
-            if partial is not None and partial["epoch"] == epoch:  # resume inside this epoch
-                first, elapsed = partial["step"], partial["epoch_time"]
-                keep = 1 if main else 0  # sums are global: counted once, on rank 0
-                loss_sum = torch.tensor(keep * partial["loss_sum"], device=device, dtype=torch.float64)
-                correct = torch.tensor(keep * partial["correct"], device=device, dtype=torch.int64)
-                seen = keep * partial["seen"]
-                partial = None
-            else:
-                tracker.start_epoch()
-                first, seen, elapsed = 0, 0, 0.0
-                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-                correct = torch.zeros((), device=device, dtype=torch.int64)
-            if not per_iter:
-                set_lr(optimizer, lr_at(tr, epoch))
-            te = time.time()
-            finite = True
-            for i, (x, y) in enumerate(train_loader.iter_from(first), start=first):
-                if per_iter:
-                    set_lr(optimizer, lr_at(tr, epoch + i / steps, 1.0 / steps))
-                loss, out = train_step(model, x, y, criterion, optimizer, scaler, method, use_amp, tr["grad_clip"])
-                tracker.step()
-                faults.point("step")
-                loss_sum += loss.double() * len(y)
-                correct += (out.argmax(1) == y).sum()
-                seen += len(y)
-                progress.advance(loss)
-                if i % 50 == 49 and not torch.isfinite(ddp.all_reduce_sum(loss_sum.clone())):
-                    finite = False
+    def total(self) -> list[float]:
+        return global_sums(self.loss, self.correct, self.seen)
+
+
+class Run:
+    """One run of the matrix: set-up, resume, train epoch by epoch, evaluate, result (module docstring)."""
+
+    def __init__(self, spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
+                 progress: Progress | None = None, warn: Callable[[str], None] = print):
+        self.spec, self.dir, self.device = spec, run_dir, device
+        self.progress, self.warn = progress or Progress(), warn
+        self.st = spec.settings
+        self.t0, self.commit = time.time(), git_commit()  # the code this process runs, read before training
+        seed_everything(spec.seed)
+        arch = ARCHITECTURES.get(spec.backbone)
+        self.train_loader, self.test_loader, num_classes = make_loaders(spec, device, data_root)
+        self.method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
+                                               source=f"run config of {run_dir.name}")
+        self.net = build_model(self.method, arch, num_classes, options=dict(spec.backbone_options),
+                               source=f"recipe {spec.recipe}").to(device, memory_format=torch.channels_last)
+        self.ops = count_ops(self.net, arch.input_size).as_dict()
+        self.model = self._wrap(self.net)
+        self.optimizer = make_optimizer(self.net, self.st, self.method)
+        self.use_amp = bool(self.st.amp) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+        self.criterion = self.method.loss(self.st)
+        self.tracker = FlipTracker(self.net)
+        self.kept_memory = keep_freed_memory() if device.type == "cpu" else False
+        self.main = ddp.is_main()
+        self.history: list[dict] = []
+        self.start_epoch, self.train_time, self.images = 0, 0.0, 0
+        self.partial: dict | None = None
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        """DDP under torchrun, torch.compile on CUDA when the recipe asks; hooks and checkpoints use ``net``."""
+        model = net
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if ddp.active():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.st.compile and self.device.type == "cuda":
+            model = torch.compile(model)
+        return model
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def state_dict(self, epoch_done: int, partial: dict | None = None) -> dict:
+        return {"epoch": epoch_done, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "flips": self.tracker.state_dict(), "history": self.history,
+                "train_time": self.train_time, "images": self.images, "spec_hash": self.spec.hash,
+                "partial": partial}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.tracker.load_state_dict(state["flips"])
+        self.history = state["history"]
+        self.train_time, self.images = state["train_time"], state["images"]
+        self.partial = state.get("partial")
+        self.start_epoch = self.partial["epoch"] if self.partial else state["epoch"] + 1
+
+    def resume(self) -> None:
+        """Continue from the last good checkpoint of this run, or record the initial weights of a new one."""
+        state = self.dir.load_checkpoint(self.warn)
+        if state is None:
+            if self.main:
+                atomic_torch_save(self.tracker.init_weights, self.dir.file("init_weights.pt"))
+            return
+        if state.get("spec_hash") != self.spec.hash:
+            raise RunError(f"{self.dir.file('checkpoint.pt')} belongs to run {state.get('spec_hash')!r}, not to "
+                           f"this run ({self.spec.hash}); delete the run directory or rerun with --force")
+        self.load_state_dict(state)
+        if self.main:
+            self.dir.write_metrics(self.history)
+        init = self.dir.file("init_weights.pt")
+        if init.exists():
+            self.tracker.init_weights = load_torch(init)
+
+    # --- training ------------------------------------------------------------------------------------------
+    def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:
+        """(first step, time already spent, sums) of ``epoch``: from the mid-epoch checkpoint, or fresh."""
+        p, self.partial = self.partial, None
+        if p is not None and p["epoch"] == epoch:
+            keep = 1 if self.main else 0  # sums are global: counted once, on rank 0
+            return p["step"], p["epoch_time"], EpochSums(self.device, keep * p["loss_sum"], keep * p["correct"],
+                                                         keep * p["seen"])
+        self.tracker.start_epoch()
+        return 0, 0.0, EpochSums(self.device)
+
+    def train_epoch(self, epoch: int, guard: PreemptionGuard) -> tuple[float, EpochSums, bool]:
+        """Train ``epoch``: (seconds, sums, loss stayed finite). Raises :class:`Preempted` (checkpointed)."""
+        steps, per_iter = len(self.train_loader), self.st.lr_step == "iter"
+        self.method.on_epoch_start(self.net, epoch, self.st.epochs)
+        self.train_loader.set_epoch(epoch)
+        self.model.train()
+        self.progress.start_epoch(epoch, self.st.epochs, steps)
+        first, elapsed, sums = self._epoch_start(epoch)
+        if not per_iter:
+            set_lr(self.optimizer, lr_at(self.st, epoch))
+        te = time.time()
+        for i, (x, y) in enumerate(on_device(self.train_loader.iter_from(first), self.device), start=first):
+            if per_iter:
+                set_lr(self.optimizer, lr_at(self.st, epoch + i / steps, 1.0 / steps))
+            loss, out = train_step(self.model, x, y, self.criterion, self.optimizer, self.scaler, self.method,
+                                   self.use_amp, self.st.grad_clip)
+            self.tracker.step()
+            faults.point("step")
+            sums.add(loss, out, y)
+            self.progress.advance(loss)
+            if i % 50 == 49 and not torch.isfinite(ddp.all_reduce_sum(sums.loss.clone())):
+                return elapsed + time.time() - te, sums, False
+            if ddp.any_rank(guard.signum is not None, self.device) and i + 1 < steps:
+                self._preempt_mid_epoch(epoch, i + 1, elapsed + time.time() - te, sums, guard.signum)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return elapsed + time.time() - te, sums, True
+
+    def _preempt_mid_epoch(self, epoch: int, step: int, elapsed: float, sums: EpochSums, signum: int):
+        loss, correct, seen = sums.total()
+        if self.main:  # the epoch's partial sums over all ranks; rank 0 carries them on resume
+            self.dir.save_checkpoint(self.state_dict(epoch - 1, {
+                "epoch": epoch, "step": step, "loss_sum": loss, "correct": int(correct), "seen": int(seen),
+                "epoch_time": elapsed}))
+        ddp.barrier()
+        raise Preempted(f"signal {signum}: checkpointed {self.dir.name} at epoch {epoch + 1}, step {step}/"
+                        f"{len(self.train_loader)}; run the same command again to resume")
+
+    def _epoch_row(self, epoch: int, seconds: float, sums: EpochSums) -> dict[str, Any]:
+        loss, correct, seen = sums.total()
+        self.train_time += seconds
+        self.images += int(seen)
+        return {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss / max(seen, 1),
+                "train_top1": 100.0 * correct / max(seen, 1), "epoch_time": seconds,
+                "images_per_s": seen / seconds}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Test loss / top-1 / top-5, then the epoch's flip statistics and the method's own numbers."""
+        row = evaluate(self.model, self.test_loader, self.device, self.use_amp)
+        flips = self.tracker.epoch_stats()
+        row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
+        row["flip_layers"] = flips["layers"]
+        row.update(self.method.epoch_stats(self.net))
+        return row
+
+    def _end_epoch(self, epoch: int, row: dict) -> None:
+        self.history.append(row)
+        if self.main:
+            self.dir.save_checkpoint(self.state_dict(epoch))
+            faults.point("after_checkpoint")
+            self.dir.write_metrics(self.history)
+            self.dir.heartbeat()
+        self.progress.end_epoch(row)
+
+    def _fail(self, row: dict, reason: str) -> str:
+        row.update({k: row.get(k) for k in ("test_loss", "test_top1", "test_top5")})
+        self.history.append(row)
+        if self.main:
+            self.dir.write_metrics(self.history)
+        return reason
+
+    def fit(self) -> RunResult:
+        """Train (or resume) to the end; writes and returns the result. Raises Preempted on a signal."""
+        self.resume()
+        status, reason = "done", None
+        with PREEMPTION as guard:
+            for epoch in range(self.start_epoch, self.st.epochs):
+                seconds, sums, finite = self.train_epoch(epoch, guard)
+                row = self._epoch_row(epoch, seconds, sums)
+                if not finite or not math.isfinite(row["train_loss"]):
+                    status = "failed"
+                    reason = self._fail(row, f"non-finite training loss ({row['train_loss']}) in epoch {epoch + 1}")
                     break
-                if ddp.any_rank(guard.signum is not None, device) and i + 1 < steps:
-                    elapsed += time.time() - te
-                    sums = global_sums(loss_sum, correct, seen)
-                    if main:  # the epoch's partial sums over all ranks; rank 0 carries them on resume
-                        run.save_checkpoint(snapshot(epoch - 1, {
-                            "epoch": epoch, "step": i + 1, "loss_sum": sums[0], "correct": int(sums[1]),
-                            "seen": int(sums[2]), "epoch_time": elapsed}))
-                    ddp.barrier()
-                    raise Preempted(f"signal {guard.signum}: checkpointed {run.name} at epoch {epoch + 1}, "
-                                    f"step {i + 1}/{steps}; run the same command again to resume")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_time = elapsed + time.time() - te
-            train_time += epoch_time
-            loss_total, correct_total, seen_total = global_sums(loss_sum, correct, seen)
-            images += int(seen_total)
-            train_loss = loss_total / max(seen_total, 1)
-            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                                   "train_top1": 100.0 * correct_total / max(seen_total, 1), "epoch_time": epoch_time,
-                                   "images_per_s": seen_total / epoch_time}
-            if not finite or not math.isfinite(train_loss):
-                status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch + 1}"
-                row.update(test_loss=None, test_top1=None, test_top5=None)
-                history.append(row)
-                if main:
-                    run.write_metrics(history)
-                break
-            row.update(evaluate(model, test_loader, device, use_amp))
-            flips = tracker.epoch_stats()
-            row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
-            row["flip_layers"] = flips["layers"]
-            row.update(method.epoch_stats(net))
-            history.append(row)
-            if main:
-                run.save_checkpoint(snapshot(epoch))
-                faults.point("after_checkpoint")
-                run.write_metrics(history)
-                run.heartbeat()
-            progress.end_epoch(row)
-            if guard.signum is not None and epoch + 1 < epochs:
-                raise Preempted(f"signal {guard.signum}: checkpointed {run.name} after epoch {epoch + 1}; "
-                                f"run the same command again to resume")
+                row.update(self.evaluate())
+                if not math.isfinite(row["test_loss"]):
+                    status = "failed"
+                    reason = self._fail(row, f"non-finite test loss ({row['test_loss']}) in epoch {epoch + 1}")
+                    break
+                self._end_epoch(epoch, row)
+                if guard.signum is not None and epoch + 1 < self.st.epochs:
+                    raise Preempted(f"signal {guard.signum}: checkpointed {self.dir.name} after epoch "
+                                    f"{epoch + 1}; run the same command again to resume")
+        return self.finish(status, reason)
 
-    result = summarize(cfg, history, status, reason, train_time, images, time.time() - t0, device, ops, commit)
-    result["processes"] = ddp.world_size() if ddp.active() else 1
-    result["keep_freed_memory"] = kept
-    if main:
-        if status == "done":
-            atomic_torch_save(tracker.never_flipped(), run.file("flips.pt"))
-        faults.point("before_result")
-        run.write_result(result)
-    ddp.barrier()
-    return result
+    def finish(self, status: str, reason: str | None) -> RunResult:
+        """Write the final flip masks and ``result.json`` (rank 0); every rank returns the result."""
+        result = self.result(status, reason)
+        if self.main:
+            if status == "done":
+                atomic_torch_save(self.tracker.never_flipped(), self.dir.file("flips.pt"))
+            faults.point("before_result")
+            self.dir.write_result(result)
+        ddp.barrier()
+        return result
+
+    def result(self, status: str, reason: str | None) -> RunResult:
+        done = [h for h in self.history if h.get("test_top1") is not None]
+        final = done[-1] if done else {}
+        best = max(done, key=lambda h: h["test_top1"]) if done else {}
+        spec = self.spec
+        return RunResult(
+            status=status, reason=reason, spec_hash=spec.hash, group=spec.group, label=spec.label,
+            recipe=spec.recipe, track=spec.track, dataset=spec.dataset, backbone=spec.backbone, method=spec.method,
+            method_hparams=dict(spec.method_hparams), changes=dict(spec.changes), seed=spec.seed,
+            epochs=self.st.epochs, epochs_run=len(done), epochs_overridden=spec.epochs_overridden,
+            full_data=spec.full_data, final_top1=final.get("test_top1"), final_top5=final.get("test_top5"),
+            final_test_loss=final.get("test_loss"), best_top1=best.get("test_top1"),
+            best_top5_at_best=best.get("test_top5"), best_epoch=best.get("epoch"), silent=final.get("silent"),
+            flip_any=final.get("flip_any"), flip_net=final.get("flip_net"), net_change=final.get("net_change"),
+            wall_time_s=time.time() - self.t0, train_time_s=self.train_time,
+            images_per_s=self.images / self.train_time if self.train_time else None,
+            peak_memory_bytes=peak_memory(self.device), device=device_name(self.device), torch=torch.__version__,
+            bnnbench=__version__, git_commit=self.commit, ops=self.ops,
+            processes=ddp.world_size() if ddp.active() else 1, keep_freed_memory=self.kept_memory,
+            plugins=dict(spec.plugins))
 
 
-def summarize(cfg: dict, history: list[dict], status: str, reason: str | None, train_time: float,
-              images: int, wall: float, device: torch.device, ops: dict, commit: str | None) -> dict:
-    done = [h for h in history if h.get("test_top1") is not None]
-    final = done[-1] if done else {}
-    best = max(done, key=lambda h: h["test_top1"]) if done else {}
+def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
-    return {
-        "status": status, "reason": reason, "config_hash": config_hash(cfg),
-        "recipe": cfg["recipe"], "track": cfg["track"], "dataset": cfg["dataset"], "backbone": cfg["backbone"],
-        "method": cfg["method"], "hp_cli": cfg.get("hp_cli", {}), "method_hparams": cfg["method_hparams"],
-        "seed": cfg["seed"], "epochs": cfg["train"]["epochs"],
-        "epochs_run": len(done), "epochs_overridden": cfg["epochs_overridden"],
-        "full_data": cfg["train"]["train_subset"] is None and cfg["train"]["test_subset"] is None,
-        "final_top1": final.get("test_top1"), "final_top5": final.get("test_top5"),
-        "best_top1": best.get("test_top1"), "best_top5_at_best": best.get("test_top5"),
-        "best_epoch": best.get("epoch"),
-        "silent": final.get("silent"), "flip_any": final.get("flip_any"), "flip_net": final.get("flip_net"),
-        "net_change": final.get("net_change"),
-        "wall_time_s": wall, "train_time_s": train_time, "images_per_s": images / train_time if train_time else None,
-        "peak_memory_bytes": int(peak),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "bnnbench": __version__, "git_commit": commit, "ops": ops,
-    }
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024))
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+
+
+def train_run(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
+              progress: Progress | None = None, warn: Callable[[str], None] = print) -> RunResult:
+    """Train (or resume) one run in ``run_dir``; returns and writes its result."""
+    return Run(spec, run_dir, device, data_root, progress=progress, warn=warn).fit()

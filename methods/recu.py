@@ -72,6 +72,10 @@ class ReCU(Method):
     conv_class = ReCUConv2d
     hparams = {"tau_min": 0.85, "tau_max": 0.99}
 
+    def decays_by_name(self, name: str) -> bool:
+        """ReCU's ImageNet rule (imagenet/main.py): decay only parameters whose name has 'conv' or an 'fc' part."""
+        return any("conv" in part or part == "fc" for part in name.split("."))
+
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         tau = tau_schedule(epoch, epochs, self.hp["tau_min"], self.hp["tau_max"])
         for layer in self.layers(model, ReCUConv2d):

@@ -1,4 +1,6 @@
 """End to end through the CLI on tiny generated data: runs, skip-if-done, --force, resume, report."""
+import csv
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +13,7 @@ from conftest import ROOT, make_recipe
 
 from bnnbench.cli import build_parser, plan
 from bnnbench.progress import Progress
-from bnnbench.store import RunDir, run_name
+from bnnbench.store import RunDir
 from bnnbench.trainer import train_run
 
 pytestmark = pytest.mark.slow
@@ -41,7 +43,7 @@ def test_end_to_end_skip_force_and_report(setup):
     for d in runs:
         res = json.loads((d / "result.json").read_text())
         assert res["status"] == "done" and res["epochs_run"] == 3
-        assert 0 <= res["final_top1"] <= 100 and res["config_hash"] in d.name
+        assert 0 <= res["final_top1"] <= 100 and res["spec_hash"] in d.name
         for key in ("best_top1", "final_top5", "wall_time_s", "images_per_s", "peak_memory_bytes", "device",
                     "torch", "git_commit", "silent"):
             assert key in res
@@ -79,20 +81,23 @@ def test_end_to_end_skip_force_and_report(setup):
     (recu / "result.json").write_text('{"status": "done", "final_to')
     r = cli("report", "--out", setup["out"], "--format", "csv")
     assert r.returncode == 0 and "skipping" in r.stdout and recu.name in r.stdout.replace("\n", "")
-    assert "recu" not in r.stdout.split("warning")[0] or ",recu," not in r.stdout
+    rows = [row for row in csv.reader(r.stdout.splitlines()) if row and row[0].startswith("tiny [")]
+    assert [row[1] for row in rows] == ["ovsw"], r.stdout  # the corrupt recu run has no row
     assert not RunDir(recu).is_done()
 
 
 def test_paper_track_and_epochs_override_are_recorded(setup):
     args = build_parser().parse_args(["--methods", "recu", "ovsw", "--track", "paper", "--epochs", "1",
+                                      "--set", "warmup_epochs=0",
                                       *map(str, run_args(setup))])
     cfgs, _ = plan(args)
-    recu = next(c for c in cfgs if c["method"] == "recu")
-    ovsw = next(c for c in cfgs if c["method"] == "ovsw")
-    assert recu["train"]["lr"] == 0.05 and "published" in recu["track_note"]
-    assert ovsw["train"]["lr"] == 0.1 and "unified" in ovsw["track_note"]
-    assert recu["epochs_overridden"] and recu["train"]["epochs"] == 1 and recu["recipe_epochs"] == 3
-    assert run_name(recu) != run_name({**recu, "seed": 1})
+    recu = next(c for c in cfgs if c.method == "recu")
+    ovsw = next(c for c in cfgs if c.method == "ovsw")
+    assert recu.settings.lr == 0.05 and "published" in recu.track_note
+    assert ovsw.settings.lr == 0.1 and "unified" in ovsw.track_note
+    assert recu.epochs_overridden and recu.settings.epochs == 1 and recu.recipe_epochs == 3
+    assert recu.name != dataclasses.replace(recu, seed=1).name
+    assert recu.group == dataclasses.replace(recu, seed=1).group
 
 
 class StopAfter(Progress):
@@ -121,7 +126,7 @@ def test_resume_continues_and_matches_uninterrupted(setup, tmp_path):
         def start_epoch(self, epoch, epochs, steps):
             seen.append(epoch)
     res = train_run(cfg, b, torch.device("cpu"), setup["data"], progress=Record())
-    assert seen == [2] and res["epochs_run"] == 3
+    assert seen == [2] and res.epochs_run == 3
     sa = a.load_checkpoint()["model"]
     sb = b.load_checkpoint()["model"]
     for k in sa:
@@ -166,6 +171,6 @@ def test_readme_plugin_example_runs(setup, tmp_path):
     plugin = tmp_path / "my_method.py"
     plugin.write_text(block.group(1))
     name = re.search(r'name = "(\w+)"', block.group(1)).group(1)
-    r = cli("--plugin", plugin, "--methods", name, *run_args(setup, "--epochs", "1"))
+    r = cli("--plugin", plugin, "--methods", name, *run_args(setup, "--epochs", "1", "--set", "warmup_epochs=0"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"| {name}" in (setup["out"] / "leaderboard.md").read_text()

@@ -1,9 +1,9 @@
 """Parity with the authors' own OvSW and ReCU code (golden tensors in ../shared/reference/golden)."""
 import pytest
 import torch
+from bnnbench.methods.ovsw import ags_, sad_
 
 from bnnbench.registry import METHODS
-from bnnbench.methods.ovsw import ags_, sad_
 
 
 def run_conv(method, d, stride, dtype, setup):

@@ -3,14 +3,14 @@ import math
 
 import pytest
 import torch
+from bnnbench.methods.irnet import ede_schedule
+from bnnbench.methods.ovsw import ags_, sad_
+from bnnbench.methods.recu import tau_schedule
 from torch import nn
 
 from bnnbench.errors import ConfigError
 from bnnbench.registry import METHODS
 from bnnbench.trainer import train_step
-from bnnbench.methods.irnet import ede_schedule
-from bnnbench.methods.ovsw import ags_, sad_
-from bnnbench.methods.recu import tau_schedule
 
 
 def layer(name, cin=4, cout=6, **hp):

@@ -170,9 +170,8 @@ def test_stale_lock_of_dead_worker_is_taken_over(env):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer exists
     from bnnbench.cli import build_parser, plan
-    from bnnbench.store import run_name
     cfg = plan(build_parser().parse_args(list(map(str, args(out)))))[0][0]
-    rd = RunDir(out / "runs" / run_name(cfg))
+    rd = RunDir(out / "runs" / cfg.name)
     rd.path.mkdir(parents=True)
     import socket
     rd.file("lock").write_text(json.dumps({"pid": p.pid, "host": socket.gethostname(), "time": time.time()}))
@@ -206,7 +205,7 @@ def test_nan_loss_fails_that_run_and_the_sweep_goes_on(env):
     plugin = tmp / "nan_plugin.py"
     plugin.write_text(NAN_PLUGIN)
     out = tmp / "nan"
-    p = start([*args(out, "nan_method", "xnor"), "--plugin", plugin, "--epochs", "1"])
+    p = start([*args(out, "nan_method", "xnor"), "--plugin", plugin, "--epochs", "1", "--set", "warmup_epochs=0"])
     log, _ = p.communicate(timeout=600)
     TALLY["faults injected"] += 1
     assert p.returncode == 3, log

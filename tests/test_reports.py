@@ -1,4 +1,5 @@
 """Leaderboard and plots built from a tiny real run matrix; the bench command runs."""
+import dataclasses
 import json
 
 import pytest
@@ -7,8 +8,8 @@ from conftest import make_cifar, make_recipe
 
 from bnnbench.cli import build_parser, main, plan
 from bnnbench.plots import plot_all, plot_curves, plot_silent_hist
-from bnnbench.report import build_tables, collect, render
-from bnnbench.store import RunDir, run_name
+from bnnbench.report import StoredRun, build_tables, collect, render
+from bnnbench.store import RunDir
 from bnnbench.trainer import train_run
 
 
@@ -21,7 +22,7 @@ def matrix(tmp_path_factory):
     args = build_parser().parse_args(["--methods", "ovsw", "recu", "--recipe", str(recipe), "--data-root",
                                       str(data), "--out", str(out)])
     for cfg in plan(args)[0]:
-        rd = RunDir(out / "runs" / run_name(cfg))
+        rd = RunDir(out / "runs" / cfg.name)
         rd.create(cfg)
         train_run(cfg, rd, torch.device("cpu"), data)
     return out
@@ -33,11 +34,11 @@ def test_plots_have_one_series_per_method(matrix):
     assert len(written) == 2
     for path, n in written.items():
         assert path.stat().st_size > 5000 and n == 2
-    hist = [plot_silent_hist(matrix / "runs" / r["run_dir"], matrix) for r in runs]
+    hist = [plot_silent_hist(r.path, matrix) for r in runs]
     assert all(p is not None and p.stat().st_size > 5000 for p in hist)
     assert len(plot_all(runs, matrix)) == 4
     with pytest.raises(KeyError, match="binary layers"):
-        plot_silent_hist(matrix / "runs" / runs[0]["run_dir"], matrix, layer="nope")
+        plot_silent_hist(runs[0].path, matrix, layer="nope")
 
 
 def test_leaderboard_rows_and_failed_runs(matrix, tmp_path):
@@ -47,9 +48,9 @@ def test_leaderboard_rows_and_failed_runs(matrix, tmp_path):
     row = tables[0]["rows"][0]
     assert row["n"] == 1 and 0 <= row["silent"] <= 100 and row["binary_params"] > 95
     # a failed run is listed with its reason, not hidden
-    failed = dict(runs[0], status="failed", reason="non-finite training loss (nan) in epoch 1", method="xnor",
-                  hp_cli={})
-    tables = build_tables(runs + [failed])
+    failed = dataclasses.replace(runs[0].result, status="failed", reason="non-finite training loss (nan) in epoch 1",
+                                 method="xnor", group="f" * 8)
+    tables = build_tables(runs + [StoredRun(failed, runs[0].path)])
     md = render(tables, "md")
     assert "failed (seed 0: non-finite training loss (nan) in epoch 1)" in md
     latex = render(tables, "latex")

@@ -5,31 +5,32 @@ import pytest
 import torch
 
 from bnnbench.optim import lr_at, param_groups
+from bnnbench.spec import settings_from
 
 BASE = {"lr": 0.1, "epochs": 600, "warmup_epochs": 5, "schedule": "cosine", "min_lr": 1e-5,
         "milestones": [], "lr_gamma": 0.1}
 
 
 def test_ovsw_warmup_cosine():
-    assert lr_at(BASE, 0) == pytest.approx(0.1 * 1 / 5)
-    assert lr_at(BASE, 4) == pytest.approx(0.1)
-    assert lr_at(BASE, 5) == pytest.approx(0.1 + 1e-5)
+    assert lr_at(settings_from(BASE), 0) == pytest.approx(0.1 * 1 / 5)
+    assert lr_at(settings_from(BASE), 4) == pytest.approx(0.1)
+    assert lr_at(settings_from(BASE), 5) == pytest.approx(0.1 + 1e-5)
     e = 300
-    assert lr_at(BASE, e) == pytest.approx(0.5 * (1 + math.cos(math.pi * (e - 5) / 595)) * 0.1 + 1e-5)
-    assert lr_at(BASE, 599) == pytest.approx(0.5 * (1 + math.cos(math.pi * 594 / 595)) * 0.1 + 1e-5)
+    assert lr_at(settings_from(BASE), e) == pytest.approx(0.5 * (1 + math.cos(math.pi * (e - 5) / 595)) * 0.1 + 1e-5)
+    assert lr_at(settings_from(BASE), 599) == pytest.approx(0.5 * (1 + math.cos(math.pi * 594 / 595)) * 0.1 + 1e-5)
 
 
 def test_bireal_linear_and_step():
     tr = {**BASE, "schedule": "linear", "warmup_epochs": 0, "epochs": 256, "lr": 1e-3}
-    assert lr_at(tr, 0) == pytest.approx(1e-3 * (1 - 1 / 256))
-    assert lr_at(tr, 255) == pytest.approx(0.0)
+    assert lr_at(settings_from(tr), 0) == pytest.approx(1e-3 * (1 - 1 / 256))
+    assert lr_at(settings_from(tr), 255) == pytest.approx(0.0)
     st = {**BASE, "schedule": "step", "warmup_epochs": 0, "milestones": [120, 200]}
-    assert [lr_at(st, e) for e in (0, 119, 120, 200)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert [lr_at(settings_from(st), e) for e in (0, 119, 120, 200)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
 
 
 def test_per_iteration_warmup_is_continuous():
     tr = {**BASE, "warmup_epochs": 2}
-    lrs = [lr_at(tr, t / 10, 0.1) for t in range(20)]
+    lrs = [lr_at(settings_from(tr), t / 10, 0.1) for t in range(20)]
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(0.1 * 0.1 / 2) and lrs[-1] == pytest.approx(0.1)
 
 
@@ -43,5 +44,24 @@ def test_weight_decay_policies():
         return [sum(p.numel() for p in g["params"]) for g in groups]
     assert count(param_groups(model, 1e-4, "all")) == [108 + 8 + 16 + 10]
     assert count(param_groups(model, 1e-4, "no_1d")) == [108 + 16 + 8, 8 + 2]
-    # ReCU ImageNet: only names containing 'conv' or 'fc' (the FP downsample conv gets none)
-    assert count(param_groups(model, 1e-4, "by_name")) == [108 + 10, 8 + 16]
+    # ReCU ImageNet (its own rule, methods/recu.py): only names containing 'conv' or 'fc' (the FP downsample
+    # conv gets none); a method without a by-name rule refuses the policy
+    from bnnbench.errors import ConfigError
+    from bnnbench.registry import METHODS
+    assert count(param_groups(model, 1e-4, "by_name", METHODS.get("recu")())) == [108 + 10, 8 + 16]
+    with pytest.raises(ConfigError, match="by_name"):
+        param_groups(model, 1e-4, "by_name", METHODS.get("ovsw")())
+
+
+def test_a_method_declares_parameters_that_never_get_weight_decay():
+    from bnnbench.method import Method
+
+    class WithThreshold(Method):
+        name = "with_threshold"
+        no_decay = ("beta",)
+    model = torch.nn.Module()
+    model.conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+    model.conv.beta = torch.nn.Parameter(torch.zeros(4, 1, 1))  # per-channel, 3-D: decayed by no_1d otherwise
+    for policy in ("all", "no_1d"):
+        groups = param_groups(model, 1e-4, policy, WithThreshold())
+        assert [sum(p.numel() for p in g["params"]) for g in groups] == [108, 4], policy

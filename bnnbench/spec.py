@@ -1,0 +1,210 @@
+"""What a run is and what it produced: typed, frozen, shared by the CLI, trainer, store, reports and plots.
+
+* :class:`TrainSettings` is generated from the recipe's field table (:data:`bnnbench.recipes.TRAIN_FIELDS`),
+  one attribute per training setting.
+* :class:`RunSpec` is one run: recipe, track, dataset, backbone, method with its resolved
+  hyperparameters, the settings, the seed, what differs from the recipe (``changes``) and, for third-party
+  plugins, where their code came from and a hash of it.
+* :class:`RunResult` is what ``result.json`` holds.
+
+Identity: :attr:`RunSpec.hash` covers exactly the fields in :meth:`RunSpec.identity` (everything that
+changes the numbers; not the device, paths, download permission, data-loader workers or evaluation batch
+size). :attr:`RunSpec.group` is the same hash without the seed: runs with one group are seeds of one
+configuration, one leaderboard row.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RunError
+from .recipes import TRAIN_FIELDS
+
+SCHEMA = 2
+#: training settings that do not change the numbers and stay out of the run's identity
+UNHASHED_SETTINGS = frozenset({"eval_batch_size", "workers"})
+
+TrainSettings = dataclasses.make_dataclass(
+    "TrainSettings",
+    [(key, Any, field(default_factory=functools.partial(copy.deepcopy, default)))
+     for key, (_, default, _, _) in TRAIN_FIELDS.items() if key != "method_hparams"],
+    frozen=True,
+    namespace={"__doc__": "The training settings of one run (one attribute per key of recipes.TRAIN_FIELDS).",
+               "as_dict": lambda self: dataclasses.asdict(self),
+               "replace": lambda self, **kw: dataclasses.replace(self, **kw)},
+)
+TrainSettings.__module__ = __name__
+
+
+def settings_from(values: Mapping[str, Any]) -> Any:
+    """A :class:`TrainSettings` from a validated mapping (``method_hparams`` is not a setting)."""
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    return TrainSettings(**{k: v for k, v in values.items() if k in names})
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    recipe: str
+    track: str
+    dataset: str
+    backbone: str
+    method: str
+    method_hparams: Mapping[str, Any]
+    settings: Any  # TrainSettings
+    seed: int
+    backbone_options: Mapping[str, Any] = field(default_factory=dict)
+    #: what differs from the recipe: {"lr": 0.05, "ovsw.ags": False, "epochs": 8, ...} (--set, --hp, --epochs)
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    recipe_epochs: int | None = None
+    track_note: str = ""
+    #: third-party plugin code: {registry name: {"origin": file or package==version, "sha256": ...}}
+    plugins: Mapping[str, Any] = field(default_factory=dict)
+    download: bool = True  # not part of the identity
+
+    def identity(self, with_seed: bool = True) -> dict:
+        settings = {k: v for k, v in self.settings.as_dict().items() if k not in UNHASHED_SETTINGS}
+        ident = {"recipe": self.recipe, "track": self.track, "dataset": self.dataset, "backbone": self.backbone,
+                 "backbone_options": dict(self.backbone_options), "method": self.method,
+                 "method_hparams": dict(self.method_hparams), "settings": settings, "plugins": dict(self.plugins)}
+        if with_seed:
+            ident["seed"] = self.seed
+        return ident
+
+    @property
+    def hash(self) -> str:
+        return _digest(self.identity())
+
+    @property
+    def group(self) -> str:
+        """The identity without the seed: the leaderboard row key."""
+        return _digest(self.identity(with_seed=False))
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipe}__{self.track}__{self.backbone}__{self.method}__s{self.seed}__{self.hash}"
+
+    @property
+    def label(self) -> str:
+        """Method name plus how the run differs from the recipe (``--epochs`` is in the table title)."""
+        diff = {k: v for k, v in self.changes.items() if k != "epochs"}
+        if not diff:
+            return self.method
+        prefix = f"{self.method}."
+        return self.method + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
+
+    @property
+    def epochs_overridden(self) -> bool:
+        return "epochs" in self.changes
+
+    @property
+    def full_data(self) -> bool:
+        return self.settings.train_subset is None and self.settings.test_subset is None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["settings"] = self.settings.as_dict()
+        return {"schema": SCHEMA, **d, "hash": self.hash, "group": self.group}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "config.yaml") -> RunSpec:
+        """Read a ``config.yaml`` document (this schema, or the first one, converted)."""
+        if not isinstance(d, Mapping):
+            raise RunError(f"{where}: not a run configuration (a mapping was expected)")
+        if d.get("schema") is None and "train" in d:
+            d = _from_schema1(d)
+        if d.get("schema") != SCHEMA:
+            raise RunError(f"{where}: run configuration schema {d.get('schema')!r} is not supported (this "
+                           f"bnnbench reads schema {SCHEMA}); rerun the command that made it with --force")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            kw = {k: v for k, v in d.items() if k in names}
+            kw["settings"] = settings_from(d["settings"])
+            return cls(**kw)
+        except (KeyError, TypeError) as exc:
+            raise RunError(f"{where}: incomplete run configuration ({type(exc).__name__}: {exc}); "
+                           f"rerun the command that made it with --force") from None
+
+
+def _from_schema1(d: Mapping[str, Any]) -> dict:
+    """The first config.yaml layout (``train`` dict, ``hp_cli``, ``epochs_overridden``) as schema 2."""
+    train = dict(d["train"])
+    changes = {f"{d['method']}.{k}": v for k, v in (d.get("hp_cli") or {}).items()}
+    if d.get("epochs_overridden"):
+        changes["epochs"] = train["epochs"]
+    for key in ("train_subset", "test_subset"):
+        if train.get(key) is not None:
+            changes[key] = train[key]
+    return {"schema": SCHEMA, "recipe": d["recipe"], "track": d["track"], "dataset": d["dataset"],
+            "backbone": d["backbone"], "method": d["method"], "method_hparams": d["method_hparams"],
+            "settings": train, "seed": d["seed"], "backbone_options": d.get("backbone_options") or {},
+            "changes": changes, "recipe_epochs": d.get("recipe_epochs"), "track_note": d.get("track_note", ""),
+            "download": d.get("download", True)}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one run, as written to ``result.json`` (plus ``checksum``)."""
+
+    status: str                      # "done" or "failed"
+    reason: str | None
+    spec_hash: str
+    group: str
+    label: str
+    recipe: str
+    track: str
+    dataset: str
+    backbone: str
+    method: str
+    method_hparams: Mapping[str, Any]
+    changes: Mapping[str, Any]
+    seed: int
+    epochs: int
+    epochs_run: int
+    epochs_overridden: bool
+    full_data: bool
+    final_top1: float | None = None
+    final_top5: float | None = None
+    final_test_loss: float | None = None
+    best_top1: float | None = None
+    best_top5_at_best: float | None = None
+    best_epoch: int | None = None
+    silent: float | None = None
+    flip_any: float | None = None
+    flip_net: float | None = None
+    net_change: float | None = None
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    images_per_s: float | None = None
+    peak_memory_bytes: int = 0
+    device: str = ""
+    torch: str = ""
+    bnnbench: str = ""
+    git_commit: str | None = None
+    ops: Mapping[str, Any] = field(default_factory=dict)
+    processes: int = 1
+    keep_freed_memory: bool = False
+    plugins: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], spec: RunSpec) -> RunResult:
+        """A result.json document; fields the first schema lacked are taken from the run's spec."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.setdefault("spec_hash", spec.hash)
+        kw["group"], kw["label"], kw["changes"] = spec.group, spec.label, dict(spec.changes)
+        kw.setdefault("full_data", spec.full_data)
+        kw.setdefault("epochs_overridden", spec.epochs_overridden)
+        return cls(**kw)
