@@ -4,8 +4,9 @@ Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live
 ``methods/`` and ``architectures/`` of the project, installed as the subpackages ``bnnbench.methods`` and
 ``bnnbench.architectures`` (one module each, imported in name order; never looked up in the current
 folder); third-party plugins come from the entry-point groups ``bnnbench.methods`` /
-``bnnbench.architectures`` or from an explicit file path or module name (:func:`load_plugin`, ``--plugin`` on the CLI). A plugin that fails to import raises
-:class:`~bnnbench.errors.RegistryError` naming the plugin and the original error: nothing is swallowed.
+``bnnbench.architectures`` or from an explicit file path or module name (:func:`load_plugin`, ``--plugin``
+on the CLI). A plugin that fails to import raises :class:`~bnnbench.errors.RegistryError` naming the
+plugin and the original error: nothing is swallowed.
 """
 from __future__ import annotations
 
