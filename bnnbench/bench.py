@@ -156,19 +156,34 @@ def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
     return n * epochs / (time.perf_counter() - t)
 
 
-def main(argv: list[str], console) -> int:
-    p = argparse.ArgumentParser(prog="run_bench.py bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="cresnet20")
-    p.add_argument("--batch", type=int, default=256)
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``run_bench.py bench`` flags."""
+    p.add_argument("--arch", default="cresnet20", help="backbone (default cresnet20)")
+    p.add_argument("--batch", type=int, default=256, help="training batch size (default 256)")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--steps", type=int, default=15, help="timed steps per case (median reported)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per case first (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--memory-format", choices=sorted(MEMORY_FORMATS), default="channels_last",
                    help="activation and weight layout (training always uses channels_last)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = p.parse_args(argv)
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="load a third-party method/architecture plugin first (repeatable)")
+    return p
+
+
+def main(argv: list[str], console) -> int:
+    """``run_bench.py bench ARGS`` (kept for callers that pass an argument list)."""
+    p = add_arguments(argparse.ArgumentParser(prog="run_bench.py bench", description=__doc__.split("\n\n")[0]))
+    return run(p.parse_args(argv), console)
+
+
+def run(args, console) -> int:
+    """Measure and print the figures (see the module docstring); ``args`` from :func:`add_arguments`."""
+    from .registry import load_plugin
+    for plugin in args.plugin:
+        load_plugin(plugin)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -3,17 +3,15 @@
     run_bench.py --methods M [M ...] [--archs A ...] [--recipe R] [--track unified|paper] [--seeds N]
                  [--epochs E] [--set key=value ...] [--hp method.key=value ...] [--data-root DIR]
                  [--device auto|cpu|cuda] [--out DIR] [--plugin PATH_OR_MODULE] [--force] [--dry-run]
-    run_bench.py --list
-    run_bench.py report [--out DIR] [--format rich|md|csv|latex|json]
+    run_bench.py list | report [--out DIR] [--format ...] | bench [...]     (``run_bench.py --help``)
+
+Without a command, ``run`` is meant.
 """
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
-
-import yaml
 
 from .errors import BnnBenchError, ConfigError
 from .paths import default_data_root
@@ -34,18 +32,42 @@ def _warn_to(console):
     return lambda msg: console.print(f"[yellow]warning:[/yellow] {escape(str(msg))}", soft_wrap=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_bench.py", description="Train and compare 1-bit (1W1A) BNN methods "
-                                "on shared backbones under standardized recipes.")
+DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
+COMMANDS = ("run", "report", "bench", "list")
+
+
+def build_main_parser() -> argparse.ArgumentParser:
+    """``run_bench.py COMMAND ...``; without a command, ``run`` is meant (``run_bench.py --methods ovsw recu``)."""
+    from . import bench
+    p = argparse.ArgumentParser(prog="run_bench.py", description=DESCRIPTION,
+                                epilog="Without a command, 'run' is meant: run_bench.py --methods ovsw recu is "
+                                       "run_bench.py run --methods ovsw recu. 'run_bench.py COMMAND --help' "
+                                       "lists a command's flags.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    build_parser(sub.add_parser("run", help="train the method x backbone x seed matrix, then write the "
+                                "leaderboard and plots (the default command)", description=DESCRIPTION))
+    add_report_arguments(sub.add_parser("report", help="rebuild the leaderboard and plots from run directories",
+                                        description="Rebuild the leaderboard from run directories alone."))
+    bench.add_arguments(sub.add_parser("bench", help="measure training-step speed of every method against "
+                                       "full precision", description=bench.__doc__.split("\n\n")[0]))
+    lp = sub.add_parser("list", help="list methods, backbones and recipes")
+    lp.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                    help="load a third-party method/architecture plugin first (repeatable)")
+    return p
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The ``run`` command's flags (added to ``p``, or to a new parser)."""
+    p = p or argparse.ArgumentParser(prog="run_bench.py run", description=DESCRIPTION)
     p.add_argument("--methods", nargs="+", metavar="M", help="methods to run, or 'all'")
     p.add_argument("--archs", nargs="+", metavar="A", help="backbones (default: the recipe's)")
     p.add_argument("--recipe", help="recipe name (recipes/<name>.yaml) or path (default: digits-cresnet20)")
     p.add_argument("--track", default="unified", help="unified (one recipe for all) or paper (each method's own)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per method x backbone (default 1)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded, shown in tables)")
-    p.add_argument("--set", dest="sets", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override recipe training settings, e.g. --set train_subset=10000 batch_size=128")
-    p.add_argument("--hp", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+    p.add_argument("--hp", nargs="+", action="extend", default=[], metavar="METHOD.KEY=VALUE",
                    help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
     p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -70,32 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_bench.py report", description="Rebuild the leaderboard from run "
-                                "directories alone.")
-    p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json"])
-    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE")
+def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``report`` command's flags."""
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="results folder holding runs/ (default: results); the leaderboard files go here")
+    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json"],
+                   help="what to print (every format is also written to OUT/leaderboard.*; default rich)")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="load a third-party plugin first (only needed for its published numbers)")
     return p
-
-
-_FLOAT_12 = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")  # YAML 1.2 floats that YAML 1.1 reads as text
-
-
-def parse_value(raw: str):
-    """A --set / --hp value as YAML would read it, with YAML 1.2 floats such as 9e-4 read as numbers."""
-    if raw == "":
-        return None
-    if _FLOAT_12.match(raw.strip()):
-        return float(raw)
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
 
 
 def parse_assignments(items: list[str], flag: str) -> list[tuple[str, object]]:
     """KEY=VALUE pairs of ``flag``; a key given twice is an error (the earlier one would be lost)."""
+    from .recipes import parse_scalar
     out, seen = [], set()
     for item in items:
         if "=" not in item:
@@ -105,7 +115,7 @@ def parse_assignments(items: list[str], flag: str) -> list[tuple[str, object]]:
         if key in seen:
             raise ConfigError(f"{flag} {key}: given twice; give each key once")
         seen.add(key)
-        out.append((key, parse_value(raw)))
+        out.append((key, parse_scalar(raw)))
     return out
 
 
@@ -151,9 +161,12 @@ def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
         train[key] = value
     if args.epochs is not None:
         train["epochs"] = args.epochs
-    flags = "--set/--epochs" if sets else "--epochs"
-    train = check_train(train, f"{flags} on recipe {recipe.path}", partial=False)
-    changes = {k: train[k] for k in train if k != "method_hparams" and train[k] != base.get(k)}
+    flags = " and ".join(f for f, used in (("--set", sets), ("--epochs", args.epochs is not None)) if used)
+    where = f"{flags} on recipe {recipe.path}" if flags else f"recipe {recipe.path}"
+    train = check_train(train, where, partial=False)
+    from .spec import UNHASHED_SETTINGS
+    changes = {k: train[k] for k in train
+               if k != "method_hparams" and k not in UNHASHED_SETTINGS and train[k] != base.get(k)}
     return train, note, changes, base["epochs"]
 
 
@@ -310,10 +323,9 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
     return failures
 
 
-def cmd_report(argv: list[str], console) -> int:
+def cmd_report(args, console) -> int:
     from .registry import load_plugin
     from .report import build_tables, collect, print_console, render, write_reports
-    args = build_report_parser().parse_args(argv)
     for spec in args.plugin:
         load_plugin(spec)
     from .plots import plot_all
@@ -331,18 +343,20 @@ def cmd_report(argv: list[str], console) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     console = _console()
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["run", *argv]  # the front door: run_bench.py --methods ovsw recu
     try:
-        if argv[:1] == ["report"]:
-            return cmd_report(argv[1:], console)
-        if argv[:1] == ["bench"]:
-            from .bench import main as bench_main
-            return bench_main(argv[1:], console)
-        args = build_parser().parse_args(argv)
+        args = build_main_parser().parse_args(argv)
+        if args.command == "report":
+            return cmd_report(args, console)
+        if args.command == "bench":
+            from .bench import run as bench_run
+            return bench_run(args, console)
         from .registry import ensure_builtins, load_plugin
         ensure_builtins()
         for spec in args.plugin:
             load_plugin(spec)
-        if args.list:
+        if args.command == "list" or args.list:
             return cmd_list(console)
         from . import distributed as ddp
         from .trainer import PREEMPTION

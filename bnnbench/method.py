@@ -33,6 +33,7 @@ The engine only ever talks to this interface; it never names a method.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, ClassVar
 
 from torch import nn
@@ -67,6 +68,8 @@ def coerce(value: Any, default: Any, *, what: str, source: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -92,6 +95,8 @@ class Method:
     hparams: ClassVar[dict[str, Any]] = {}
     #: per dataset family ("cifar", "imagenet") hyperparameter values that replace the defaults
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: allowed values per hyperparameter: {key: (rule in words, check)}, checked after every override
+    hparam_ranges: ClassVar[dict[str, tuple[str, Any]]] = {}
     #: published results a third-party plugin ships itself (built-ins keep theirs in results/reference.yaml)
     published: ClassVar[list[dict[str, Any]]] = []
 
@@ -106,6 +111,9 @@ class Method:
             hp.update(check_hparams(self.presets[family], self.hparams, owner=self.name,
                                     source=f"{self.name} preset {family!r}"))
         hp.update(check_hparams(overrides or {}, self.hparams, owner=self.name, source=source))
+        for key, (rule, ok) in self.hparam_ranges.items():
+            if not ok(hp[key]):
+                raise ConfigError(f"{self.name}.{key} = {hp[key]!r} (from {source}) is out of range; allowed: {rule}")
         self.hp = hp
         self.family = family
 

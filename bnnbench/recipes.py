@@ -22,7 +22,9 @@ key, the file and the closest valid key.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +147,8 @@ def check_value(key: Any, value: Any, where: str) -> Any:
         names = " or ".join("null" if t is type(None) else ("number" if t is numbers.Real else t.__name__)
                             for t in types)
         raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {names}")
-    if isinstance(value, float) and value != value:
-        raise ConfigError(f"{where}: {key} = nan is not allowed")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} = {value} is not allowed; give a finite number")
     if rule is not None and value is not None and not rule[1](value):
         raise ConfigError(f"{where}: {key} = {value!r} is out of range; allowed: {rule[0]}")
     if key == "milestones" and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):
@@ -174,6 +176,9 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
     for key in ("name", "dataset", "backbone"):
         if not isinstance(doc[key], str):
             raise ConfigError(f"{where}: {key} = {doc[key]!r} must be a string")
+    if not _SAFE_NAME.match(doc["name"]) or ".." in doc["name"]:
+        raise ConfigError(f"{where}: name = {doc['name']!r} is not allowed: it names run directories, so use "
+                          f"letters, digits, '-', '_' and '.' only (no '..', '/' or spaces), at most 100")
     if doc["dataset"] not in DATASETS:
         raise ConfigError(f"{where}: dataset = {doc['dataset']!r} is unknown{did_you_mean(doc['dataset'], DATASETS)}; "
                           f"allowed: {', '.join(DATASETS)}")
@@ -199,6 +204,50 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
     return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where)
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_FLOAT_12 = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats (``9e-4``, which YAML 1.1 reads as text) and no duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def parse_scalar(raw: str) -> Any:
+    """A --set / --hp value read as a recipe would read it (YAML 1.2 floats included; bad YAML: the text)."""
+    if raw == "":
+        return None
+    try:
+        return yaml.load(raw, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError):
+        return raw
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse a recipe document; aliases (``*name``) are refused before anything expands them."""
+    try:
+        for event in yaml.parse(text, Loader=_RecipeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{where}: YAML aliases (*{event.anchor}) are not allowed in recipes; "
+                                  f"write the values out")
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a recipe") from None
+
+
 def recipe_names() -> list[str]:
     d = recipes_dir()
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
@@ -217,10 +266,11 @@ def load_recipe(name_or_path: str | None) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"--recipe {spec!r}: no such file")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    recipe = parse_recipe(doc, str(path))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); a recipe is "
+                          f"UTF-8 YAML") from None
+    recipe = parse_recipe(load_yaml(text, str(path)), str(path))
     if recipe.name != path.stem and path.parent == recipes_dir():
         raise ConfigError(f"{path}: name {recipe.name!r} must equal the file name {path.stem!r}")
     return recipe

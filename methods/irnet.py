@@ -65,6 +65,8 @@ class IRNet(Method):
     paper = "Qin et al., IR-Net, CVPR 2020"
     conv_class = IRNetConv2d
     hparams = {"t_min": 0.1, "t_max": 10.0}
+    hparam_ranges = {"t_min": ("> 0 (log10 is taken)", lambda v: v > 0),
+                     "t_max": ("> 0 (log10 is taken)", lambda v: v > 0)}
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         t, k = ede_schedule(epoch, epochs, self.hp["t_min"], self.hp["t_max"])

@@ -89,6 +89,8 @@ class OvSW(Method):
     hparams = {"ags": True, "sad": True, "delta": 0.01, "gamma": 2e-5, "momentum": 0.999,
                "threshold": 1e-4, "track_ones": False}
     presets = {"cifar": {"delta": 0.04, "gamma": 9e-4}, "imagenet": {"delta": 0.01, "gamma": 2e-5}}
+    hparam_ranges = {"delta": (">= 0", lambda v: v >= 0), "gamma": (">= 0", lambda v: v >= 0),
+                     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1), "threshold": (">= 0", lambda v: v >= 0)}
 
     def prepare(self, model: nn.Module) -> None:
         for layer in self.layers(model, OvSWConv2d):

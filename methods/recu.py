@@ -71,6 +71,9 @@ class ReCU(Method):
     paper = "Xu et al., ReCU, ICCV 2021"
     conv_class = ReCUConv2d
     hparams = {"tau_min": 0.85, "tau_max": 0.99}
+    # Q(tau) = -b ln(2 - 2 tau) is a positive clamp only for tau in (0.5, 1)
+    hparam_ranges = {"tau_min": ("in (0.5, 1)", lambda v: 0.5 < v < 1),
+                     "tau_max": ("in (0.5, 1)", lambda v: 0.5 < v < 1)}
 
     def decays_by_name(self, name: str) -> bool:
         """ReCU's ImageNet rule (imagenet/main.py): decay only parameters whose name has 'conv' or an 'fc' part."""

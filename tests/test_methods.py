@@ -108,12 +108,21 @@ def test_recu_weights_are_signs_and_clamp_at_laplace_quantile():
     conv = conv.double()
     wb = conv.binarize_weight(w)
     assert set(torch.unique(wb).tolist()) <= {-1.0, 1.0}
-    w0 = w.detach() - w.detach().mean(dim=(1, 2, 3), keepdim=True)
-    w1 = w0 / (torch.sqrt(w0.var(dim=(1, 2, 3), keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
-    q = -w1.abs().mean() * math.log(2 - 2 * 0.85)
-    wb.backward(torch.ones_like(wb))
-    outside = w1.abs() > q * 1.0001
-    assert outside.any() and torch.all(w.grad[outside.any(dim=(1, 2, 3))].abs().sum() > 0)
+    def standardise(v):
+        v0 = v - v.mean(dim=(1, 2, 3), keepdim=True)
+        return v0 / (torch.sqrt(v0.var(dim=(1, 2, 3), keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+    w1 = standardise(w.detach())
+    q = -w1.abs().mean() * math.log(2 - 2 * 0.85)  # the 0.85-quantile of Laplace(0, mean|W1|)
+    assert torch.equal(wb, torch.sign(torch.clamp(w1, -q, q)))
+    inside = (w1.abs() <= q).double()
+    assert 0 < inside.mean() < 1  # some weights are clamped, some are not
+    g = torch.randn_like(wb)
+    wb.backward(g)
+    # STE through sign, the clamp's gradient 1 inside [-Q, Q] and 0 outside, then autograd through the
+    # standardisation (Q carries no gradient)
+    ref = w.detach().clone().requires_grad_()
+    (standardise(ref) * inside * g).sum().backward()
+    assert torch.allclose(w.grad, ref.grad, rtol=1e-10, atol=1e-12)
     # the output is scaled by the learnable alpha of shape (C_out, 1, 1), initialised in [0, 1)
     assert conv.alpha.shape == (conv.out_channels, 1, 1) and 0 <= conv.alpha.min() and conv.alpha.max() < 1
 
@@ -224,3 +233,25 @@ def test_every_method_has_paper_docstring_and_effective_sign(name):
     conv = cls().conv(2, 2, 3)
     s = conv.effective_sign()
     assert s.shape == conv.weight.shape and set(torch.unique(s).tolist()) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_binary_conv_is_the_composition_of_its_pieces(name, stride, training):
+    """y = conv(zero-pad(binarize_input(x)), binarize_weight(W)) * output_scale, for every registered method:
+    the input is binarised before padding (border taps see 0, not sign(0-pad) = ±1)."""
+    conv = METHODS.get(name)().conv(4, 6, 3, stride=stride, padding=1).double().train(training)
+    nn.init.kaiming_normal_(conv.weight)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64) + 0.3  # a nonzero mean: padding zeros differ from sign(x)
+    with torch.no_grad():
+        y = conv(x)
+        xb = torch.nn.functional.pad(conv.binarize_input(x), (1, 1, 1, 1))
+        ref = torch.nn.functional.conv2d(xb, conv.binarize_weight(conv.weight), stride=stride)
+        scale = conv.output_scale()
+        if scale is not None:
+            ref = ref * scale.reshape(1, -1, 1, 1)
+    assert torch.allclose(y, ref, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(y, torch.nn.functional.conv2d(  # padding before binarising would differ
+        torch.sign(torch.nn.functional.pad(x, (1, 1, 1, 1), value=1.0)), conv.binarize_weight(conv.weight),
+        stride=stride) * (1 if scale is None else scale.reshape(1, -1, 1, 1)))
