@@ -33,8 +33,10 @@ class ArchSpec:
 
 
 def register_arch(spec: ArchSpec) -> ArchSpec:
+    """Register an architecture (its origin: where its ``build`` function is defined)."""
+    from .method import definition_site
     from .registry import ARCHITECTURES
-    return ARCHITECTURES.register(spec.name, spec)
+    return ARCHITECTURES.register(spec.name, spec, origin=definition_site(spec.build))
 
 
 def build_model(method: Method, arch: str | ArchSpec, num_classes: int, in_channels: int = 3,

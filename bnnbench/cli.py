@@ -288,7 +288,7 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
     from . import distributed as ddp
     from . import faults
     from .progress import RichProgress
-    from .trainer import PREEMPTION, Preempted, train_run
+    from .trainer import PREEMPTION, Preempted, run_or_fail
     warn = _warn_to(console)
     failures = 0
     for k, (cfg, rd) in enumerate(todo, 1):
@@ -306,7 +306,7 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
                           f" -> {escape(str(rd.path))}")
             try:
                 with RichProgress(console, cfg.method) as progress:
-                    result = train_run(cfg, rd, device, data_root, progress=progress, warn=warn)
+                    result = run_or_fail(cfg, rd, device, data_root, progress=progress, warn=warn)
             except Preempted as exc:
                 console.print(f"[yellow]preempted[/yellow]: {exc}")
                 return None

@@ -32,7 +32,7 @@ class RunJob:
         from . import distributed as ddp
         from .registry import load_plugin
         from .store import RunDir
-        from .trainer import PREEMPTION, Preempted, resolve_device, train_run
+        from .trainer import PREEMPTION, Preempted, resolve_device, run_or_fail
         for spec in self.plugins:
             load_plugin(spec)
         env = submitit.JobEnvironment()
@@ -46,7 +46,7 @@ class RunJob:
         preempted = None
         try:
             with PREEMPTION:
-                result = train_run(cfg, rd, device, Path(self.data_root))
+                result = run_or_fail(cfg, rd, device, Path(self.data_root))
         except Preempted as exc:
             preempted = exc
             print(f"preempted: {exc}", flush=True)

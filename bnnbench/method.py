@@ -33,12 +33,13 @@ The engine only ever talks to this interface; it never names a method.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any, ClassVar
 
 from torch import nn
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, RegistryError, did_you_mean
 from .layers import BinaryConv2d, binary_layers
 
 
@@ -178,9 +179,46 @@ class Method:
         return (self.__doc__ or self.name).strip().splitlines()[0]
 
 
+#: the hooks a method may override, with the arguments the trainer passes (after ``self``)
+HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
+         "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
+         "activation": ("channels",), "loss": ("settings",)}
+
+
+def definition_site(obj) -> str:
+    """``file:line`` where a class or function is defined (for messages that point at a plugin's code)."""
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (OSError, TypeError):
+        return getattr(obj, "__module__", "<unknown>")
+
+
+def check_method_class(cls) -> None:
+    """Refuse a Method subclass the trainer could not use: no BinaryConv2d, or hooks with wrong arguments."""
+    where = definition_site(cls)
+    conv = cls.__dict__.get("conv_class") or next((c.__dict__["conv_class"] for c in cls.__mro__[1:-1]
+                                                    if "conv_class" in c.__dict__ and c is not Method), None)
+    if conv is None:
+        raise RegistryError(f"method {cls.name!r} ({where}) sets no conv_class: give it a BinaryConv2d subclass "
+                            f"(from bnnbench.layers) that binarises weights and inputs")
+    if not (isinstance(conv, type) and issubclass(conv, BinaryConv2d)) or conv is BinaryConv2d:
+        raise RegistryError(f"method {cls.name!r} ({where}): conv_class = {conv!r} must be a subclass of "
+                            f"bnnbench.layers.BinaryConv2d (not BinaryConv2d itself, not nn.Conv2d)")
+    for hook, params in HOOKS.items():
+        fn = getattr(cls, hook)
+        if fn is getattr(Method, hook):
+            continue
+        try:
+            inspect.signature(fn).bind(None, *params)
+        except TypeError:
+            raise RegistryError(f"method {cls.name!r}: hook {hook}{inspect.signature(fn)} at {definition_site(fn)} "
+                                f"must accept (self, {', '.join(params)})") from None
+
+
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a :class:`Method` subclass under its ``name``."""
+    """Class decorator: register a :class:`Method` subclass under its ``name`` (checked first)."""
     from .registry import METHODS
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"register_method expects a Method subclass, got {cls!r}")
-    return METHODS.register(cls.name, cls)
+        raise RegistryError(f"register_method expects a Method subclass, got {cls!r}")
+    check_method_class(cls)
+    return METHODS.register(cls.name, cls, origin=definition_site(cls))

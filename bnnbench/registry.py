@@ -15,6 +15,7 @@ import importlib.util
 import pkgutil
 import sys
 import traceback
+import types
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -106,14 +107,43 @@ def ensure_builtins() -> None:
                     _import(f"{package}.{info.name}", f"built-in plugin {pkg.__path__[0]}/{info.name}.py")
         for group in _GROUPS:
             for ep in metadata.entry_points(group=group):
-                try:
-                    ep.load()
-                except Exception as exc:
-                    raise RegistryError(f"plugin entry point {ep.name!r} = {ep.value!r} (group {group}) "
-                                        f"failed to load: {type(exc).__name__}: {exc}") from exc
+                _load_entry_point(ep, group)
         _state["loaded"] = True
     finally:
         _state["loading"] = False
+
+
+def _load_entry_point(ep, group: str) -> None:
+    """Load one entry point: it names a plugin module, or a Method subclass / ArchSpec (registered here
+    if its module did not register it)."""
+    from .arch import ArchSpec, register_arch
+    from .method import Method, register_method
+    what = f"plugin entry point {ep.name!r} = {ep.value!r} (group {group})"
+    try:
+        obj = ep.load()
+    except RegistryError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise RegistryError(f"{what} failed to load: {_describe(exc)}") from exc
+    registry = _GROUPS[group]
+    if isinstance(obj, type) and issubclass(obj, Method) and registry is METHODS:
+        if obj.name not in registry._items or registry._items[obj.name] is not obj:
+            register_method(obj)
+    elif isinstance(obj, ArchSpec) and registry is ARCHITECTURES:
+        if obj.name not in registry._items:
+            register_arch(obj)
+    elif not isinstance(obj, types.ModuleType):
+        raise RegistryError(f"{what} names {obj!r}; an entry point must name a plugin module, a Method "
+                            f"subclass (group bnnbench.methods) or an ArchSpec (group bnnbench.architectures)")
+
+
+def _describe(exc: BaseException) -> str:
+    """'Type: message (at file:line)' with the innermost frame outside the standard library."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}){where}"
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _import(module: str, what: str):
@@ -121,8 +151,8 @@ def _import(module: str, what: str):
         return importlib.import_module(module)
     except RegistryError:
         raise
-    except Exception as exc:
-        raise RegistryError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise RegistryError(f"{what} failed to import: {_describe(exc)}") from exc
 
 
 def load_plugin(spec: str) -> str:
@@ -155,9 +185,9 @@ def load_plugin(spec: str) -> str:
         except SyntaxError as exc:
             del sys.modules[mod_name]
             raise RegistryError(f"plugin file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[mod_name]
-            raise RegistryError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+            raise RegistryError(f"plugin file {path} failed to import: {_describe(exc)}") from exc
         _loaded_plugins[key] = mod_name
         return mod_name
     if spec in _loaded_plugins:
@@ -173,7 +203,8 @@ def provenance(obj: Any) -> dict[str, str] | None:
     Part of every run's identity, so editing a plugin makes new runs instead of reusing stale results.
     """
     import hashlib
-    module_name = getattr(obj, "__module__", None) or getattr(getattr(obj, "build", None), "__module__", "")
+    owner = obj if isinstance(obj, type) else getattr(obj, "build", obj)  # a Method class, or an ArchSpec's build
+    module_name = getattr(owner, "__module__", "") or ""
     if module_name.split(".")[:2] in (["bnnbench", "methods"], ["bnnbench", "architectures"]):
         return None
     module = sys.modules.get(module_name)

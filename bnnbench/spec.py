@@ -199,6 +199,16 @@ class RunResult:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}
 
     @classmethod
+    def failed(cls, spec: RunSpec, reason: str, **kw: Any) -> RunResult:
+        """The result of a run that raised before it could produce one of its own."""
+        return cls(status="failed", reason=reason, spec_hash=spec.hash, group=spec.group, label=spec.label,
+                   recipe=spec.recipe, track=spec.track, dataset=spec.dataset, backbone=spec.backbone,
+                   method=spec.method, method_hparams=dict(spec.method_hparams), changes=dict(spec.changes),
+                   seed=spec.seed, epochs=spec.settings.epochs, epochs_run=0,
+                   epochs_overridden=spec.epochs_overridden, full_data=spec.full_data, plugins=dict(spec.plugins),
+                   **kw)
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any], spec: RunSpec) -> RunResult:
         """A result.json document; fields the first schema lacked are taken from the run's spec."""
         names = {f.name for f in dataclasses.fields(cls)}

@@ -247,7 +247,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Forget a previous attempt (``--force``): result, checkpoints, metrics."""
-        for name in (RESULT, METRICS, CKPT, CKPT_PREV, "flips.pt", "init_weights.pt"):
+        for name in (RESULT, METRICS, CKPT, CKPT_PREV, "flips.pt", "init_weights.pt", "error.log"):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:

@@ -463,3 +463,41 @@ def train_run(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: P
               progress: Progress | None = None, warn: Callable[[str], None] = print) -> RunResult:
     """Train (or resume) one run in ``run_dir``; returns and writes its result."""
     return Run(spec, run_dir, device, data_root, progress=progress, warn=warn).fit()
+
+
+ERROR_LOG = "error.log"
+
+
+def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
+                progress: Progress | None = None, warn: Callable[[str], None] = print) -> RunResult:
+    """:func:`train_run`, but an exception raised by the run (a plugin's code, data, a broken state) fails
+    this run only: ``result.json`` says ``failed`` with the exception and the file and line it came from,
+    ``error.log`` holds the traceback. Preemption and Ctrl-C pass through."""
+    t0 = time.time()
+    try:
+        return train_run(spec, run_dir, device, data_root, progress=progress, warn=warn)
+    except (Preempted, KeyboardInterrupt):
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded in the run, the sweep goes on
+        import traceback
+        run_dir.file(ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
+        result = RunResult.failed(spec, f"{describe_exception(exc)}; traceback in {run_dir.file(ERROR_LOG)}",
+                                  wall_time_s=time.time() - t0, device=device_name(device), torch=torch.__version__,
+                                  bnnbench=__version__, git_commit=git_commit())
+        if ddp.is_main():
+            run_dir.write_result(result)
+        return result
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'Type: message (at file:line)', naming the innermost frame outside torch and the engine (a plugin's
+    code when it raised), or the innermost frame."""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    engine = str(Path(__file__).resolve().parent)
+    outside = [f for f in frames if not f.filename.startswith(engine) and "/torch/" not in f.filename]
+    frame = (outside or frames or [None])[-1]
+    where = f" (at {frame.filename}:{frame.lineno}, in {frame.name})" if frame else ""
+    if isinstance(exc, SystemExit):
+        return f"the run called sys.exit({exc.code!r}){where}"
+    return f"{type(exc).__name__}: {exc}{where}"
