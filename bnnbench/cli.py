@@ -164,6 +164,9 @@ def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
     flags = " and ".join(f for f, used in (("--set", sets), ("--epochs", args.epochs is not None)) if used)
     where = f"{flags} on recipe {recipe.path}" if flags else f"recipe {recipe.path}"
     train = check_train(train, where, partial=False)
+    from .data import dataset_kind
+    if train["loader"] == "dali" and dataset_kind(recipe.dataset) != "folder":
+        raise ConfigError(f"{where}: loader = 'dali' is for ImageFolder datasets (imagenet), not {recipe.dataset}")
     from .spec import UNHASHED_SETTINGS
     changes = {k: train[k] for k in train
                if k != "method_hparams" and k not in UNHASHED_SETTINGS and train[k] != base.get(k)}
@@ -222,8 +225,6 @@ def plan(args) -> tuple[list, object]:
 def cmd_run(args, console) -> int:
     from . import distributed as ddp
     from .data import dataset_kind
-    from .plots import plot_all
-    from .report import build_tables, collect, print_console, write_reports
     from .store import RunDir, check_writable
     from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
@@ -270,19 +271,42 @@ def cmd_run(args, console) -> int:
         return EXIT_PREEMPTED
     if not ddp.is_main():
         return EXIT_RUN_FAILED if failures else 0
-    warn = _warn_to(console)
-    runs = collect(out, warn)
-    tables = build_tables(runs)
-    print_console(tables, console)
-    files = write_reports(out, tables)
-    plots = plot_all(runs, out)
+    files, plots = publish(out, console, "rich")
     console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
                   + f"; {len(plots)} plots in {out / 'plots'}")
     return EXIT_RUN_FAILED if failures else 0
 
 
+def publish(out: Path, console, fmt: str) -> tuple[dict, list]:
+    """Collect the runs under ``out``, print the leaderboard in ``fmt`` and write its files and plots.
+
+    The table is printed first; files that cannot be written (read-only folder, full disk) are reported as
+    warnings, not tracebacks.
+    """
+    from .plots import plot_all
+    from .report import build_tables, collect, print_console, render, write_reports
+    warn = _warn_to(console)
+    runs = collect(out, warn)
+    tables = build_tables(runs)
+    if fmt == "rich":
+        print_console(tables, console)
+    else:
+        sys.stdout.write(render(tables, fmt))
+        sys.stdout.flush()
+    files, plots = {}, []
+    try:
+        files = write_reports(out, tables)
+        plots = plot_all(runs, out, warn)
+    except OSError as exc:
+        warn(f"could not write the leaderboard files or plots under {out} ({exc.strerror or exc}); the table "
+             f"above is complete")
+    return files, plots
+
+
 def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
+    import time
+    started = time.time()
     from rich.markup import escape
 
     from . import distributed as ddp
@@ -297,7 +321,7 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
                           f"rerun the same command to continue the sweep")
             return None
         # rank 0 claims and prepares the run directory; the other ranks follow its decision
-        decision = ddp.broadcast(rd.prepare(cfg, force) if ddp.is_main() else None)
+        decision = ddp.broadcast(rd.prepare(cfg, force, since=started) if ddp.is_main() else None)
         if decision != "run":
             console.print(f"[{k}/{len(todo)}] {rd.name}: {decision}")
             continue
@@ -325,18 +349,13 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
 
 def cmd_report(args, console) -> int:
     from .registry import load_plugin
-    from .report import build_tables, collect, print_console, render, write_reports
     for spec in args.plugin:
         load_plugin(spec)
-    from .plots import plot_all
-    runs = collect(args.out, _warn_to(console))
-    tables = build_tables(runs)
-    write_reports(args.out, tables)
-    plot_all(runs, args.out)
-    if args.format == "rich":
-        print_console(tables, console)
-    else:
-        sys.stdout.write(render(tables, args.format))
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"report --out {args.out}: is a file; give the results folder (the one holding runs/)")
+    if not (args.out / "runs").is_dir():
+        raise ConfigError(f"report --out {args.out}: no runs/ folder there; give the --out of a run_bench.py run")
+    publish(args.out, console, args.format)
     return 0
 
 

@@ -39,6 +39,17 @@ def _group_runs(runs: list) -> dict[tuple, dict[str, Path]]:
     return groups
 
 
+class UnreadableFile(Exception):
+    """A run's weight file that is truncated or corrupt."""
+
+
+def _load(path: Path):
+    try:
+        return load_torch(path)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        raise UnreadableFile(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def plot_curves(runs: list, out: Path) -> dict[Path, int]:
     """Accuracy and flip-ratio curves per recipe x track x backbone; returns {file: number of lines}."""
     plt = _plt()
@@ -78,7 +89,7 @@ def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: i
     init_p, flips_p = rd.file("init_weights.pt"), rd.file("flips.pt")
     if not (init_p.exists() and flips_p.exists()):
         return None
-    init, never = load_torch(init_p), load_torch(flips_p)
+    init, never = _load(init_p), _load(flips_p)
     names = [n for n in init if n in never]
     if not names:
         return None
@@ -108,12 +119,17 @@ def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: i
     return path
 
 
-def plot_all(runs: list, out: Path) -> list[Path]:
-    """Every plot of the collected runs (``report.StoredRun``); returns the files written."""
+def plot_all(runs: list, out: Path, warn=print) -> list[Path]:
+    """Every plot of the collected runs (``report.StoredRun``); returns the files written. A run whose
+    weight files are unreadable gets no histogram and a warning naming the file."""
     written = list(plot_curves(runs, out))
     for s in runs:
         if s.result.status == "done" and (s.path / RESULT).exists():
-            p = plot_silent_hist(s.path, out)
+            try:
+                p = plot_silent_hist(s.path, out)
+            except UnreadableFile as exc:
+                warn(f"no silent-weight histogram for {s.name}: {exc}")
+                continue
             if p:
                 written.append(p)
     return written

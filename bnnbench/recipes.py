@@ -81,7 +81,8 @@ TRAIN_FIELDS: dict[str, tuple[tuple[type, ...], Any, Any, str]] = {
     "workers": ((int,), 8, _NONNEG, "data loader worker processes (ImageFolder datasets)"),
     "loader": ((str,), "torchvision", _choice("torchvision", "dali"),
                "ImageFolder loading: torchvision DataLoader, or NVIDIA DALI (optional extra; see bnnbench/dali.py)"),
-    "seed": ((int,), 0, _NONNEG, "first seed; --seeds N runs seed .. seed + N - 1"),
+    "seed": ((int,), 0, ("in [0, 2^31 - 10000]", lambda v: 0 <= v <= 2**31 - 10_000),
+             "first seed; --seeds N runs seed .. seed + N - 1"),
     "grad_clip": ((numbers.Real, type(None)), None, _POS, "clip the global gradient norm (off by default)"),
     "method_hparams": ((dict,), {}, None, "per-method hyperparameter overrides {method: {key: value}}"),
 }

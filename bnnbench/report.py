@@ -53,6 +53,8 @@ def load_run(d: Path) -> StoredRun:
         raise ValueError(f"{RESULT} belongs to run {recorded}, {CONFIG} to {cfg_hash}")
     if doc.get("schema") is not None and spec.hash != cfg_hash:
         raise ValueError(f"{CONFIG} was edited: its content hashes to {spec.hash}, not {cfg_hash}")
+    if doc.get("metrics_sha256") and rd.metrics_digest() != doc["metrics_sha256"]:
+        raise ValueError(f"{d / 'metrics.jsonl'} was changed after the run finished")
     if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
         raise ValueError("no final accuracy")
     return StoredRun(RunResult.from_dict(doc, spec), d)

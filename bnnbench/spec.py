@@ -194,6 +194,7 @@ class RunResult:
     processes: int = 1
     keep_freed_memory: bool = False
     plugins: Mapping[str, Any] = field(default_factory=dict)
+    metrics_sha256: str | None = None  # of metrics.jsonl as the run left it (plots read that file)
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}

@@ -7,7 +7,8 @@
         init_weights.pt   initial latent weights of the binary layers (silent-weight histograms)
         flips.pt          final never-flipped masks
         result.json       written atomically, last: a run with a valid result.json is done
-        lock              claim of the worker running it (pid, host, time)
+        lock              claim of the worker running it: an OS file lock while it runs (text: pid, host, time)
+        error.log         traceback of an exception that failed the run
 
 The name and hash come from the run's :class:`~bnnbench.spec.RunSpec` (its identity covers what
 changes the numbers, not where or on what device the run executes). Checkpoints are plain ``torch.save``
@@ -16,6 +17,8 @@ values (``integrity``), checked on load. Nothing is ever loaded with ``weights_o
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,6 +43,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would give, not mkstemp's owner-only 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -52,6 +56,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -178,10 +189,15 @@ class RunDir:
         return self.path / name
 
     def create(self, spec) -> None:
-        """Write the run's ``config.yaml`` (its RunSpec) unless it is there already."""
+        """Write the run's ``config.yaml`` (its RunSpec) unless a valid one for this spec is there."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if not self.file(CONFIG).exists():
-            atomic_write_text(self.file(CONFIG), yaml.safe_dump(spec.to_dict(), sort_keys=True))
+        if self.file(CONFIG).exists():
+            try:
+                if self.read_spec().hash == spec.hash:
+                    return
+            except RunError:
+                pass  # unreadable or edited: rewritten below (the caller holds the run's claim)
+        atomic_write_text(self.file(CONFIG), yaml.safe_dump(spec.to_dict(), sort_keys=True))
 
     def read_spec(self):
         """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
@@ -193,16 +209,21 @@ class RunDir:
             raise RunError(f"{p} is unreadable ({type(exc).__name__}: {exc})") from None
         return RunSpec.from_dict(doc, where=str(p))
 
-    def prepare(self, spec, force: bool = False) -> str:
-        """Claim this run for training and write its config: "run", or the reason it is not run here."""
+    def prepare(self, spec, force: bool = False, since: float | None = None) -> str:
+        """Claim this run for training and write its config: "run", or the reason it is not run here.
+
+        ``force`` reruns a run that is done, unless its result was written after ``since`` (the sweep's start:
+        another ``--force`` worker has just rerun it). An unfinished run always resumes from its checkpoint.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.claim():
             return "claimed by another worker, skipped"
         self.remove_temp_files()  # half writes of a killed worker; the claim makes them ours to remove
-        if self.is_done(spec.hash) and not force:
-            self.release()
-            return "finished by another worker"
-        if force:
+        if self.is_done(spec.hash):
+            fresh = since is not None and self.file(RESULT).stat().st_mtime >= since
+            if not force or fresh:
+                self.release()
+                return "finished by another worker"
             self.clear()
         self.create(spec)
         return "run"
@@ -278,6 +299,11 @@ class RunDir:
     def write_metrics(self, history: list[dict]) -> None:
         atomic_write_text(self.file(METRICS), "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
 
+    def metrics_digest(self) -> str | None:
+        """sha256 of ``metrics.jsonl`` (None when there is none)."""
+        p = self.file(METRICS)
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
     def read_metrics(self) -> list[dict]:
         p = self.file(METRICS)
         if not p.exists():
@@ -290,57 +316,57 @@ class RunDir:
                 break
         return out
 
-    # claim: one worker per run; a claim whose process is gone (same host) or is older than the stale
-    # limit without a heartbeat is taken over
-    def claim(self, stale_after: float = 6 * 3600) -> bool:
+    # claim: one worker per run, held as an OS file lock (flock) on ``lock`` for as long as the worker runs
+    # it. The kernel drops the lock when the process ends (kill -9 included), so there is no staleness to
+    # guess, no half-written claim and no check-then-delete race; the file's text (pid, host, time) is
+    # for people only. On NFS, Linux maps flock to POSIX locks, which lockd/NFSv4 share across hosts.
+    def claim(self) -> bool:
+        """Take this run's claim; False when a live worker (this process included) holds it."""
         lock = self.file(LOCK)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        for _ in range(2):
+        for _ in range(5):
+            if lock.is_dir():
+                raise RunError(f"{lock} is a directory; a run's claim is a file: remove it and rerun")
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale(lock, stale_after):
-                    return False
-                try:
-                    os.unlink(lock)
-                except FileNotFoundError:
-                    pass
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                os.close(fd)
+                raise RunError(f"{lock}: this filesystem refuses file locks ({exc.strerror}); use an --out "
+                               f"on a filesystem with flock support (e.g. Lustre mounted with -o flock)") from None
+            try:  # the file may have been released and removed between our open and our lock: retry
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode())
+            self._lock_fd = fd
             return True
         return False
 
     def heartbeat(self) -> None:
+        """Touch the claim (its mtime shows people when the worker last finished an epoch)."""
         try:
             os.utime(self.file(LOCK))
-        except FileNotFoundError:
+        except OSError:
             pass
 
     def release(self) -> None:
+        """Give the claim up: remove the file while still holding the lock, then unlock."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is None:
+            return
+        self._lock_fd = None
         try:
             os.unlink(self.file(LOCK))
-        except FileNotFoundError:
+        except OSError:
             pass
-
-    @staticmethod
-    def _stale(lock: Path, stale_after: float) -> bool:
-        try:
-            info = json.loads(lock.read_text())
-            mtime = lock.stat().st_mtime
-        except (OSError, ValueError):
-            try:
-                return time.time() - lock.stat().st_mtime > 60  # half-written claim of a crashed worker
-            except OSError:
-                return True
-        if info.get("host") == socket.gethostname():
-            try:
-                os.kill(int(info["pid"]), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError, KeyError):
-                pass
-        return time.time() - mtime > stale_after
+        os.close(fd)
 
 
 def check_writable(out: Path) -> None:

@@ -15,6 +15,7 @@ A run resumes automatically from its last good checkpoint; data order and augmen
 """
 from __future__ import annotations
 
+import errno
 import math
 import platform
 import random
@@ -51,12 +52,18 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N, checked against what this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise ConfigError(f"--device {name!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if name != "cuda" and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
 
 
@@ -308,7 +315,12 @@ class Run:
             self.dir.write_metrics(self.history)
         init = self.dir.file("init_weights.pt")
         if init.exists():
-            self.tracker.init_weights = load_torch(init)
+            try:
+                self.tracker.init_weights = load_torch(init)
+            except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+                self.warn(f"{init} is unreadable ({type(exc).__name__}); the run continues without it, so it "
+                          f"gets no silent-weight histogram")
+                init.unlink()
 
     # --- training ------------------------------------------------------------------------------------------
     def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:
@@ -445,7 +457,7 @@ class Run:
             peak_memory_bytes=peak_memory(self.device), device=device_name(self.device), torch=torch.__version__,
             bnnbench=__version__, git_commit=self.commit, ops=self.ops,
             processes=ddp.world_size() if ddp.active() else 1, keep_freed_memory=self.kept_memory,
-            plugins=dict(spec.plugins))
+            plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest())
 
 
 def peak_memory(device: torch.device) -> int:
@@ -478,15 +490,27 @@ def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root:
         return train_run(spec, run_dir, device, data_root, progress=progress, warn=warn)
     except (Preempted, KeyboardInterrupt):
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):  # the disk, not the run
+            raise RunError(f"cannot write to {getattr(exc, 'filename', None) or run_dir.path} ({exc.strerror}); "
+                           f"the run's last checkpoint is intact: free space or fix permissions, then run the "
+                           f"same command again to resume") from None
+        return _record_failure(spec, run_dir, device, exc, t0)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded in the run, the sweep goes on
-        import traceback
-        run_dir.file(ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
-        result = RunResult.failed(spec, f"{describe_exception(exc)}; traceback in {run_dir.file(ERROR_LOG)}",
-                                  wall_time_s=time.time() - t0, device=device_name(device), torch=torch.__version__,
-                                  bnnbench=__version__, git_commit=git_commit())
-        if ddp.is_main():
-            run_dir.write_result(result)
-        return result
+        return _record_failure(spec, run_dir, device, exc, t0)
+
+
+def _record_failure(spec: RunSpec, run_dir: RunDir, device: torch.device, exc: BaseException,
+                    t0: float) -> RunResult:
+    """Write a failed result (exception, file and line) and the traceback in ``error.log``."""
+    import traceback
+    run_dir.file(ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
+    result = RunResult.failed(spec, f"{describe_exception(exc)}; traceback in {run_dir.file(ERROR_LOG)}",
+                              wall_time_s=time.time() - t0, device=device_name(device), torch=torch.__version__,
+                              bnnbench=__version__, git_commit=git_commit())
+    if ddp.is_main():
+        run_dir.write_result(result)
+    return result
 
 
 def describe_exception(exc: BaseException) -> str:
