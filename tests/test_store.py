@@ -1,0 +1,171 @@
+"""Run store under faults: claims, --force, damaged or edited files, full and read-only disks, file modes."""
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TALLY, make_recipe
+
+from bnnbench.cli import build_parser, main, plan
+from bnnbench.errors import RunError
+from bnnbench.report import collect
+from bnnbench.store import RunDir, atomic_write_text
+from bnnbench.trainer import run_or_fail, train_run
+
+
+@pytest.fixture
+def tiny(tmp_path, tiny_cifar):
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=2)
+    out = tmp_path / "out"
+
+    def argv(*extra):
+        return ["--methods", "xnor", "--recipe", str(recipe), "--data-root", str(tiny_cifar), "--out", str(out),
+                "--device", "cpu", *map(str, extra)]
+    (spec,) = plan(build_parser().parse_args(argv()))[0]
+    return argv, out, spec, tiny_cifar
+
+
+@pytest.mark.parametrize("content", ["", "123", json.dumps({"pid": os.getpid(), "host": socket.gethostname()}),
+                                     json.dumps({"pid": 1, "host": "another-host", "time": time.time()})])
+def test_a_claim_file_nobody_holds_is_free_whatever_it_says(tmp_path, content):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    rd.file("lock").write_text(content)  # empty, garbage, a live unrelated pid, another host
+    assert rd.claim()
+    other = RunDir(rd.path)
+    assert not other.claim()  # a live holder keeps it
+    rd.release()
+    assert other.claim() and not rd.file("lock").read_text() == content
+    other.release()
+    TALLY["faults injected"] += 1
+
+
+def test_a_directory_named_lock_is_reported(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    (rd.path / "lock").mkdir(parents=True)
+    with pytest.raises(RunError, match="is a directory"):
+        rd.claim()
+
+
+def test_the_claim_of_a_killed_worker_is_free_at_once(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from bnnbench.store import RunDir; "
+            f"r = RunDir({str(rd.path)!r}); assert r.claim(); print('claimed', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "claimed"  # progress, not time: the worker holds its claim now
+    assert not rd.claim()
+    p.kill()
+    p.wait()
+    assert rd.claim(), "the kernel dropped the dead worker's lock"
+    rd.release()
+    TALLY["faults injected"] += 1
+
+
+def test_force_reruns_only_what_was_done_before_the_sweep_and_keeps_unfinished_work(tiny, tmp_path):
+    _, _, spec, data = tiny
+    rd = RunDir(tmp_path / "r")
+    rd.create(spec)
+    train_run(spec, rd, torch.device("cpu"), data)
+    started = time.time()
+    assert rd.prepare(spec, force=True, since=started) == "run" and not rd.is_done()  # done before: rerun
+    rd.release()
+    train_run(spec, rd, torch.device("cpu"), data)
+    assert rd.prepare(spec, force=True, since=started) == "finished by another worker"  # rerun in this sweep
+    # an unfinished run keeps its checkpoint under --force
+    rd.file("result.json").unlink()
+    assert rd.prepare(spec, force=True, since=started) == "run" and rd.file("checkpoint.pt").exists()
+    rd.release()
+
+
+def test_edited_config_and_resealed_result_are_not_done(tiny, tmp_path):
+    _, _, spec, data = tiny
+    rd = RunDir(tmp_path / "r")
+    rd.create(spec)
+    train_run(spec, rd, torch.device("cpu"), data)
+    assert rd.is_done(spec.hash)
+    from bnnbench.store import seal_result
+    doc = json.loads(rd.file("result.json").read_text())
+    doc["spec_hash"] = "0badc0de"
+    rd.file("result.json").write_text(json.dumps(seal_result({k: v for k, v in doc.items() if k != "checksum"})))
+    assert not rd.is_done(spec.hash)  # a result of another run does not make this one done
+    rd.file("config.yaml").write_text("{not: [valid")
+    assert rd.prepare(spec) == "run"  # the worker that claims the run rewrites its config
+    assert rd.read_spec().hash == spec.hash
+    rd.release()
+    TALLY["faults injected"] += 2
+
+
+def test_damaged_weight_files_and_edited_metrics(tiny, capsys):
+    argv, out, spec, data = tiny
+    assert main(argv("--seeds", "2")) == 0
+    a, b = sorted((out / "runs").iterdir())
+    for name in ("flips.pt", "init_weights.pt"):  # truncated files of a finished run
+        (a / name).write_bytes((a / name).read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["report", "--out", str(out), "--format", "md"]) == 0
+    text = capsys.readouterr().out.replace("\n", "")
+    assert "no silent-weight histogram" in text and "is unreadable" in text and "| xnor" in text
+    with open(b / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 9, "test_top1": 99.0}\n')
+    assert [r.name for r in collect(out, warn=print)] == [a.name]
+    assert "was changed after the run finished" in capsys.readouterr().out.replace("\n", "")
+    TALLY["faults injected"] += 3
+
+
+def test_truncated_initial_weights_of_an_unfinished_run_do_not_block_it(tiny, tmp_path, capsys):
+    _, _, spec, data = tiny
+    rd = RunDir(tmp_path / "r")
+    rd.create(spec)
+    train_run(spec, rd, torch.device("cpu"), data)
+    rd.file("result.json").unlink()
+    rd.file("init_weights.pt").write_bytes(b"PK\x03\x04 truncated")
+    warnings = []
+    res = train_run(spec, rd, torch.device("cpu"), data, warn=warnings.append)
+    assert res.status == "done" and any("init_weights.pt is unreadable" in w for w in warnings)
+    TALLY["faults injected"] += 1
+
+
+def test_a_full_disk_during_training_is_one_message_and_the_run_resumes(tiny, tmp_path, monkeypatch):
+    _, _, spec, data = tiny
+    rd = RunDir(tmp_path / "r")
+    rd.create(spec)
+
+    def full(self, state):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.file("checkpoint.pt")))
+    monkeypatch.setattr(RunDir, "save_checkpoint", full)
+    with pytest.raises(RunError, match="No space left on device.*run the same command again"):
+        run_or_fail(spec, rd, torch.device("cpu"), data)
+    assert not rd.file("result.json").exists()  # not recorded as a failed run: the disk failed, not the run
+    monkeypatch.undo()
+    assert run_or_fail(spec, rd, torch.device("cpu"), data).status == "done"
+    TALLY["faults injected"] += 1
+
+
+def test_report_prints_the_table_when_its_files_cannot_be_written(tiny, capsys, monkeypatch):
+    argv, out, _, _ = tiny
+    assert main(argv("--epochs", "1", "--set", "warmup_epochs=0")) == 0
+    import bnnbench.report as report
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(report, "atomic_write_text", read_only)
+    capsys.readouterr()
+    assert main(["report", "--out", str(out), "--format", "csv"]) == 0
+    text = capsys.readouterr().out
+    assert ",xnor," in text and "could not write the leaderboard" in text.replace("\n", "")
+    TALLY["faults injected"] += 1
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
