@@ -26,6 +26,7 @@ class BinaryConv2d(nn.Conv2d):
                  groups: int = 1, bias: bool = False, padding_mode: str = "zeros", hparams=None):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode)
+        #: the method's resolved hyperparameters (every key present, values of the declared types)
         self.hparams = dict(hparams or {})
 
     # --- the three pieces a method supplies -------------------------------------------------------------

@@ -37,7 +37,7 @@ class OvSWConv2d(BinaryConv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        fill = 1.0 if self.hparams.get("track_ones", False) else 0.0
+        fill = 1.0 if self.hparams["track_ones"] else 0.0
         self.register_buffer("tracker", torch.full_like(self.weight, fill))
         self.register_buffer("weight_prev", self.weight.detach().clone())
 

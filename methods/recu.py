@@ -44,7 +44,7 @@ class ReCUConv2d(BinaryConv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha = nn.Parameter(torch.rand(self.out_channels, 1, 1))
-        self.register_buffer("tau", torch.tensor([float(self.hparams.get("tau_min", 0.85))]))
+        self.register_buffer("tau", torch.tensor([float(self.hparams["tau_min"])]))
 
     def binarize_input(self, x: Tensor) -> Tensor:
         return sign_approx_per_sample(x, 1e-5, through_std=True) if self.training else sign_approx(x)
