@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import BnnBenchError, ConfigError
+from .errors import BnnBenchError, ConfigError, did_you_mean
 from .paths import default_data_root
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
@@ -98,6 +98,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="results folder holding runs/ (default: results); the leaderboard files go here")
     p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json"],
                    help="what to print (every format is also written to OUT/leaderboard.*; default rich)")
+    p.add_argument("--baseline", metavar="ROW",
+                   help="a row label (e.g. ovsw, or 'ovsw[ags=False,sad=False]'): every row gets its difference "
+                        "to it with a 95%% interval and a Holm-corrected p-value")
     p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="load a third-party plugin first (only needed for its published numbers)")
     return p
@@ -277,7 +280,7 @@ def cmd_run(args, console) -> int:
     return EXIT_RUN_FAILED if failures else 0
 
 
-def publish(out: Path, console, fmt: str) -> tuple[dict, list]:
+def publish(out: Path, console, fmt: str, baseline: str | None = None) -> tuple[dict, list]:
     """Collect the runs under ``out``, print the leaderboard in ``fmt`` and write its files and plots.
 
     The table is printed first; files that cannot be written (read-only folder, full disk) are reported as
@@ -287,7 +290,11 @@ def publish(out: Path, console, fmt: str) -> tuple[dict, list]:
     from .report import build_tables, collect, print_console, render, write_reports
     warn = _warn_to(console)
     runs = collect(out, warn)
-    tables = build_tables(runs)
+    tables = build_tables(runs, baseline)
+    if baseline and not any(r["method"] == baseline for t in tables for r in t["rows"]):
+        labels = sorted({r["method"] for t in tables for r in t["rows"]})
+        raise ConfigError(f"--baseline {baseline!r} is no row of the leaderboard{did_you_mean(baseline, labels)}; "
+                          f"rows: {', '.join(labels) or '(none)'}")
     if fmt == "rich":
         print_console(tables, console)
     else:
@@ -355,7 +362,7 @@ def cmd_report(args, console) -> int:
         raise ConfigError(f"report --out {args.out}: is a file; give the results folder (the one holding runs/)")
     if not (args.out / "runs").is_dir():
         raise ConfigError(f"report --out {args.out}: no runs/ folder there; give the --out of a run_bench.py run")
-    publish(args.out, console, args.format)
+    publish(args.out, console, args.format, args.baseline)
     return 0
 
 

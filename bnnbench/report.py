@@ -24,9 +24,11 @@ from tabulate import tabulate
 from .errors import RunError
 from .references import find_reference
 from .spec import RunResult
+from .stats import compare, holm, mean_interval, ranks
 from .store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_result
 
-COLUMNS = ["method", "top1 final", "top1 best", "top5", "paper", "gap", "silent %", "flip %", "binary params %",
+COLUMNS = ["method", "top1 final", "rank", "top1 best", "rank best", "top5", "paper", "gap", "silent %", "flip %",
+           "binary params %",
            "OPs", "size", "epochs", "wall/run", "img/s"]
 
 
@@ -101,10 +103,6 @@ def row_labels(runs: list[RunResult]) -> dict[str, str]:
     return {r.group: label(r) if len(by_label[label(r)]) == 1 else f"{label(r)}#{r.group[:6]}" for r in runs}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _fmt_si(x: float | None) -> str:
     if x is None:
         return "-"
@@ -124,7 +122,7 @@ def _fmt_time(s: float | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def build_tables(stored: list[StoredRun]) -> list[dict]:
+def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[dict]:
     """Group runs into tables; each table is {'title', 'rows': [dict per configuration]} (sorted, stable).
 
     One table per (recipe, track, dataset, backbone, epochs, --epochs override, full data); one row per
@@ -143,14 +141,35 @@ def build_tables(stored: list[StoredRun]) -> list[dict]:
             by_group[r.group].append(r)
         rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden)
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
+        add_statistics(rows, baseline)
         sched = f"{epochs} epochs" + (" (--epochs override)" if overridden else "") + ("" if full else ", data subset")
         shared = common_changes(groups[key])
         if shared:
             sched += "; all rows: " + ", ".join(f"{k}={shared[k]}" for k in sorted(shared))
         tables.append({"recipe": recipe, "track": track, "dataset": dataset, "backbone": backbone,
                        "epochs": epochs, "epochs_overridden": overridden, "full_data": full,
-                       "title": f"{recipe} [{track}] {dataset} / {backbone}, {sched}", "rows": rows})
+                       "title": f"{recipe} [{track}] {dataset} / {backbone}, {sched}", "rows": rows,
+                       "baseline": baseline if any(r["method"] == baseline for r in rows) else None})
     return tables
+
+
+def add_statistics(rows: list[dict], baseline: str | None) -> None:
+    """Ranks (final and best top-1) and, when ``baseline`` names a row, each row's difference to it with a
+    95% interval and a Holm-adjusted p-value (module bnnbench.stats)."""
+    for key in ("final", "best"):
+        for row, rank in zip(rows, ranks([r.get(f"{key}_by_seed") or {} for r in rows])):
+            row[f"rank_{key}"] = rank
+        base = next((r for r in rows if r["method"] == baseline), None)
+        for row in rows:
+            row[f"vs_baseline_{key}"] = None
+        if base is None or not base.get(f"{key}_by_seed"):
+            continue
+        tested = [(row, compare(row[f"{key}_by_seed"], base[f"{key}_by_seed"])) for row in rows
+                  if row is not base and row.get(f"{key}_by_seed")]
+        tested = [(row, c) for row, c in tested if c is not None]
+        for (row, c), p in zip(tested, holm([c.p for _, c in tested])):
+            row[f"vs_baseline_{key}"] = {"diff": c.diff, "low": c.low, "high": c.high, "p": c.p, "p_holm": p,
+                                         "test": c.test}
 
 
 def _mean(values) -> float | None:
@@ -165,10 +184,11 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
     row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
            "seeds": sorted(r.seed for r in ok), "failures": [f"seed {r.seed}: {r.reason}" for r in failed]}
     if ok:
-        f_mean, f_std = _mean_std([r.final_top1 for r in ok])
+        final, best = mean_interval([r.final_top1 for r in ok]), mean_interval([r.best_top1 for r in ok])
         ops = dict(ok[0].ops or {})
         silent, flip = _mean(r.silent for r in ok), _mean(r.flip_any for r in ok)
-        row.update(final_top1=f_mean, final_top1_std=f_std, best_top1=_mean(r.best_top1 for r in ok),
+        row.update(final_top1=final.mean, final_top1_ci=final.half, best_top1=best.mean, best_top1_ci=best.half,
+                   final_by_seed={r.seed: r.final_top1 for r in ok}, best_by_seed={r.seed: r.best_top1 for r in ok},
                    top5=_mean(r.final_top5 for r in ok), silent=None if silent is None else 100 * silent,
                    flip=None if flip is None else 100 * flip,
                    binary_params=100 * ops["binary_param_ratio"] if ops else None,
@@ -185,28 +205,54 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
     return row
 
 
-def _cells(row: dict) -> list[str]:
+def _ci(mean: float, half: float | None) -> str:
+    return f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} –"
+
+
+def _vs(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}] p={v['p_holm']:.3g}"
+
+
+def columns(tables: list[dict]) -> list[str]:
+    """The leaderboard's columns; the baseline columns only when some row was compared to a baseline."""
+    compared = any(t.get("baseline") for t in tables)
+    return COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else COLUMNS
+
+
+def _cells(row: dict, cols: list[str]) -> list[str]:
     if not row["n"]:
-        return [row["method"], f"failed ({'; '.join(row['failures'])})"] + ["-"] * (len(COLUMNS) - 2)
-    top1 = f"{row['final_top1']:.2f} ± {row['final_top1_std']:.2f} (n={row['n']})"
+        return [row["method"], f"failed ({'; '.join(row['failures'])})"] + ["-"] * (len(cols) - 2)
+    top1 = f"{_ci(row['final_top1'], row['final_top1_ci'])} (n={row['n']})"
     if row["failed"]:
         top1 += f" [{row['failed']} failed]"
     paper = "-" if row["paper"] is None else f"{row['paper']:.2f}"
     gap = (f"{row['gap']:+.2f}" if row["gap"] is not None else ("n/c" if row["paper"] is not None else "-"))
-    return [row["method"], top1, f"{row['best_top1']:.2f}",
-            "-" if row["top5"] is None else f"{row['top5']:.2f}", paper, gap,
-            "-" if row["silent"] is None else f"{row['silent']:.2f}",
-            "-" if row["flip"] is None else f"{row['flip']:.2f}",
-            "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
-            _fmt_si(row["ops"]), "-" if row["packed_bytes"] is None else f"{row['packed_bytes'] / 2**20:.2f} MiB",
-            str(row["epochs_run"]), _fmt_time(row["wall"]), f"{row['ips']:.0f}"]
+    cells = {"method": row["method"], "top1 final": top1, "rank": str(row.get("rank_final") or "-"),
+             "top1 best": _ci(row["best_top1"], row["best_top1_ci"]), "rank best": str(row.get("rank_best") or "-"),
+             "Δ final vs baseline": _vs(row.get("vs_baseline_final")),
+             "Δ best vs baseline": _vs(row.get("vs_baseline_best")),
+             "top5": "-" if row["top5"] is None else f"{row['top5']:.2f}", "paper": paper, "gap": gap,
+             "silent %": "-" if row["silent"] is None else f"{row['silent']:.2f}",
+             "flip %": "-" if row["flip"] is None else f"{row['flip']:.2f}",
+             "binary params %": "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
+             "OPs": _fmt_si(row["ops"]),
+             "size": "-" if row["packed_bytes"] is None else f"{row['packed_bytes'] / 2**20:.2f} MiB",
+             "epochs": str(row["epochs_run"]), "wall/run": _fmt_time(row["wall"]), "img/s": f"{row['ips']:.0f}"}
+    return [cells[c] for c in cols]
 
 
-NOTES = ("top1 final: last-epoch test top-1, mean ± std over n seeds. top1 best: best-epoch top-1 (what the "
-         "papers report). gap = top1 best - paper, shown only for runs of the paper's full schedule on the full "
-         "data (n/c: not comparable). silent %: binary weights whose effective sign never flipped; flip %: "
-         "weights that flipped at least once in the last epoch. OPs = FLOPs + BOPs/64 per image; size: binary "
-         "weights at 1 bit, other parameters at 32 bit.")
+NOTES = ("top1 final: last-epoch test top-1, mean ± 95% confidence half-width over n seeds (Student t; '–': one "
+         "seed, no interval). top1 best: best-epoch top-1, what the papers report; choosing the best epoch on the "
+         "test set is optimistic. rank: 1 + the rows of the table significantly better (pairwise t-tests, paired "
+         "on common seeds, Welch otherwise, Holm-corrected over the table's pairs, alpha 0.05); rows not "
+         "significantly different from the best share rank 1, and one seed per row never separates rows. "
+         "Δ vs baseline: difference to the baseline row with its 95% interval and Holm-corrected p (same tests). "
+         "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
+         "(n/c: not comparable). silent %: binary weights whose effective sign never flipped; flip %: weights "
+         "that flipped at least once in the last epoch. OPs = FLOPs + BOPs/64 per image; size: binary weights "
+         "at 1 bit, other parameters at 32 bit.")
 
 
 def render(tables: list[dict], fmt: str) -> str:
@@ -215,21 +261,25 @@ def render(tables: list[dict], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["table"] + COLUMNS)
+        cols = columns(tables)
+        w.writerow(["table"] + cols)
         for t in tables:
             for row in t["rows"]:
-                w.writerow([t["title"]] + _cells(row))
+                w.writerow([t["title"]] + _cells(row, cols))
         return buf.getvalue()
     tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
     parts = []
     for t in tables:
-        body = tabulate([_cells(r) for r in t["rows"]], headers=COLUMNS, tablefmt=tablefmt, disable_numparse=True)
+        cols = columns([t])
+        body = tabulate([_cells(r, cols) for r in t["rows"]], headers=cols, tablefmt=tablefmt, disable_numparse=True)
         if fmt == "md":
             parts.append(f"### {t['title']}\n\n{body}\n")
         else:
             parts.append(f"% {t['title']}\n{body}\n")
     if fmt == "md":
         parts.append(f"_{NOTES}_\n")
+    else:
+        parts.append(f"% {NOTES}\n")
         if not tables:
             parts.insert(0, "No finished runs.\n")
     return "\n".join(parts)
@@ -253,8 +303,11 @@ def print_console(tables: list[dict], console) -> None:
         console.print("No finished runs.")
     for t in tables:
         table = Table(title=t["title"], title_justify="left")
-        for c in COLUMNS:
+        cols = columns([t])
+        for c in cols:
             table.add_column(c, justify="left" if c == "method" else "right")
         for row in t["rows"]:
-            table.add_row(*(escape(c) for c in _cells(row)))
+            table.add_row(*(escape(c) for c in _cells(row, cols)))
         console.print(table)
+    if tables:
+        console.print(escape(NOTES), soft_wrap=True, style="dim")

@@ -15,7 +15,7 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   echo "installing bnnbench${EXTRA:+[$EXTRA]} and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${EXTRA:+[$EXTRA]}" 2>&1 \
     | grep -v "^WARNING: Location 'file:" >&2 || true
-  "$VENV/bin/python" -c "import bnnbench, bnnbench.methods, bnnbench.architectures, torch, torchvision, rich, tabulate, yaml, matplotlib, sklearn" \
+  "$VENV/bin/python" -c "import bnnbench, bnnbench.methods, bnnbench.architectures, torch, torchvision, scipy, rich, tabulate, yaml, matplotlib, sklearn" \
     || { echo "error: installing into $VENV failed (see above)" >&2; exit 1; }
   touch "$STAMP"
 fi
