@@ -96,8 +96,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``report`` command's flags."""
     p.add_argument("--out", type=Path, default=Path("results"),
                    help="results folder holding runs/ (default: results); the leaderboard files go here")
-    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json"],
-                   help="what to print (every format is also written to OUT/leaderboard.*; default rich)")
+    p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json", "html"],
+                   help="what to print (every format is also written to OUT/leaderboard.*, and the "
+                        "self-contained page to OUT/report.html; html prints that page's path; default rich)")
     p.add_argument("--baseline", metavar="ROW",
                    help="a row label (e.g. ovsw, or 'ovsw[ags=False,sad=False]'): every row gets its difference "
                         "to it with a 95%% interval and a Holm-corrected p-value")
@@ -297,16 +298,22 @@ def publish(out: Path, console, fmt: str, baseline: str | None = None) -> tuple[
                           f"rows: {', '.join(labels) or '(none)'}")
     if fmt == "rich":
         print_console(tables, console)
-    else:
+    elif fmt != "html":
         sys.stdout.write(render(tables, fmt))
         sys.stdout.flush()
     files, plots = {}, []
     try:
         files = write_reports(out, tables)
         plots = plot_all(runs, out, warn)
+        from .html import render_html
+        from .store import atomic_write_text
+        atomic_write_text(out / "report.html", render_html(tables, runs, out))
+        files["html"] = out / "report.html"
     except OSError as exc:
         warn(f"could not write the leaderboard files or plots under {out} ({exc.strerror or exc}); the table "
              f"above is complete")
+    if fmt == "html" and "html" in files:
+        console.print(f"report page: {files['html']}")
     return files, plots
 
 

@@ -39,6 +39,11 @@ def _group_runs(runs: list) -> dict[tuple, dict[str, Path]]:
     return groups
 
 
+def curve_stem(recipe: str, track: str, backbone: str, epochs: int, full: bool) -> str:
+    """The file-name stem of the curves and flips plots of one leaderboard table."""
+    return f"{recipe}__{track}__{backbone}__e{epochs}" + ("" if full else "__subset")
+
+
 class UnreadableFile(Exception):
     """A run's weight file that is truncated or corrupt."""
 
@@ -57,7 +62,7 @@ def plot_curves(runs: list, out: Path) -> dict[Path, int]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[Path, int] = {}
     for (recipe, track, backbone, epochs, full), by_method in sorted(_group_runs(runs).items()):
-        stem = f"{recipe}__{track}__{backbone}__e{epochs}" + ("" if full else "__subset")
+        stem = curve_stem(recipe, track, backbone, epochs, full)
         for kind, key, ylabel, scale in (("curves", "test_top1", "test top-1 (%)", 1.0),
                                          ("flips", "flip_any", "weights flipped in the epoch (%)", 100.0)):
             fig, ax = plt.subplots(figsize=(6.4, 4.0))

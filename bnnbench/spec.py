@@ -195,6 +195,7 @@ class RunResult:
     keep_freed_memory: bool = False
     plugins: Mapping[str, Any] = field(default_factory=dict)
     metrics_sha256: str | None = None  # of metrics.jsonl as the run left it (plots read that file)
+    command: str = ""  # the command line of the process that finished the run
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}

@@ -19,7 +19,9 @@ import errno
 import math
 import platform
 import random
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -457,7 +459,7 @@ class Run:
             peak_memory_bytes=peak_memory(self.device), device=device_name(self.device), torch=torch.__version__,
             bnnbench=__version__, git_commit=self.commit, ops=self.ops,
             processes=ddp.world_size() if ddp.active() else 1, keep_freed_memory=self.kept_memory,
-            plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest())
+            plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest(), command=shlex.join(sys.argv))
 
 
 def peak_memory(device: torch.device) -> int:

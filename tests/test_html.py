@@ -1,0 +1,39 @@
+"""The HTML report renders in a real browser (headless Chromium): tables, every image, no console message."""
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT, make_recipe
+
+from bnnbench.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package 'chromium'; .ci/run installs it)")
+def test_html_report_renders_in_chromium(tmp_path, tiny_cifar, capsys):
+    shutil.copytree(ROOT / "results" / "cifar10-cpu" / "runs", tmp_path / "runs")  # a second table, old layout
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=1)
+    assert main(["--methods", "xnor", "ovsw", "--recipe", str(recipe), "--data-root", str(tiny_cifar), "--out",
+                 str(tmp_path), "--device", "cpu", "--seeds", "2"]) == 0
+    assert main(["report", "--out", str(tmp_path), "--format", "html", "--baseline", "ovsw"]) == 0
+    assert "report page:" in capsys.readouterr().out
+    page = tmp_path / "report.html"
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<script src" not in text  # self-contained
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dom = r.stdout
+    body = re.search(r'<body data-images="(\d+)" data-loaded="(\d+)"', dom)
+    assert body, "the page's script did not run: " + dom[:500]
+    n_images, n_loaded = map(int, body.groups())
+    plots = len(list((tmp_path / "plots").glob("*.png")))
+    assert n_images == plots == n_loaded == 2 + 2 + 4  # curves and flips per table, 4 silent histograms
+    assert dom.count('class="leaderboard"') == 2 and "ovsw[ags=False,sad=False]" in dom
+    assert "Δ final vs baseline" in dom and "Hyperparameters" in dom and "git commit" in dom
+    assert "CONSOLE" not in r.stderr, [line for line in r.stderr.splitlines() if "CONSOLE" in line]
