@@ -18,7 +18,8 @@ from .report import NOTES, StoredRun, _cells, columns, row_labels
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:32px}
-table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;margin:8px 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f1f1f1;cursor:pointer;user-select:none}td:first-child,th:first-child{text-align:left}
 .notes{color:#555;font-size:12px;max-width:1100px}img{max-width:640px;margin:4px;border:1px solid #ddd}
 code{font-size:12px}details{margin:6px 0}
