@@ -151,3 +151,23 @@ def test_console_leaderboard_keeps_bracketed_labels(tmp_path):
     console = Console(record=True, width=300)
     print_console(build_tables(collect(tmp_path, warn=print)), console)
     assert "ovsw[ags=False,sad=False]" in console.export_text()
+
+
+def test_more_bad_inputs_are_one_message(tiny, tmp_path, capsys):
+    argv, _, _ = tiny
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("x")
+    cases = [
+        (argv("--device", "cuda:x"), "--device 'cuda:x' is not allowed"),
+        (argv("--set", "seed=100000000000000"), "seed = 100000000000000 is out of range"),
+        (argv("--set", "loader=dali"), "loader = 'dali' is for ImageFolder datasets"),
+        (["--methods", "ovsw[/b]", "--out", str(tmp_path / "o")], "unknown method 'ovsw[/b]'"),  # markup kept
+        (["report", "--out", str(not_a_dir)], "is a file"),
+        (["report", "--out", str(tmp_path / "nothing")], "no runs/ folder"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((argv("--device", "cuda:0"), "--device cuda:0: no CUDA device is available"))
+    for args, expected in cases:
+        rc = main(args)
+        text = capsys.readouterr().out.replace("\n", "")
+        assert rc == 2 and expected in text and "Traceback" not in text, (args, text)

@@ -67,13 +67,23 @@ class ExitConv(BinaryConv2d):
     def binarize_weight(self, w):
         sys.exit(0)
 
+class NanEvalConv(BinaryConv2d):
+    def binarize_input(self, x):
+        return sign_ste(x) if self.training else x * float("nan")
+
+@register_method
+class NanEval(Method):
+    """Finite while training, NaN at evaluation."""
+    name = "nan_eval_a"
+    conv_class = NanEvalConv
+
 @register_method
 class Exits(Method):
     """Calls sys.exit in its forward pass."""
     name = "exits_a"
     conv_class = ExitConv
 ''')
-    rc = main(argv("--plugin", path, "--methods", "boom_a", "exits_a", "xnor"))
+    rc = main(argv("--plugin", path, "--methods", "boom_a", "exits_a", "nan_eval_a", "xnor"))
     assert rc == 3, capsys.readouterr().out
     results = {json.loads((d / "result.json").read_text())["method"]: (d, json.loads((d / "result.json").read_text()))
                for d in (out / "runs").iterdir()}
@@ -82,6 +92,8 @@ class Exits(Method):
     assert f"{path}:" in boom["reason"] and "binarize_input" in boom["reason"]  # the plugin's file and line
     assert "boom in the plugin" in (d / "error.log").read_text() and "Traceback" in (d / "error.log").read_text()
     assert results["exits_a"][1]["status"] == "failed" and "sys.exit(0)" in results["exits_a"][1]["reason"]
+    nan_eval = results["nan_eval_a"][1]
+    assert nan_eval["status"] == "failed" and "non-finite test loss" in nan_eval["reason"]  # not "done, 10%"
     assert results["xnor"][1]["status"] == "done"  # the sweep went on
     assert "boom_a" in (out / "leaderboard.md").read_text()
     TALLY["faults injected"] += 2
