@@ -11,8 +11,9 @@ The trainer and the run store call :func:`point` at the moments where a crash ma
 
 ``BNNBENCH_FAULT=POINT:N[:SIGNAL]`` (e.g. ``step:7``, ``write:checkpoint.pt:2``, ``step:3:SIGTERM``) makes
 the process send itself SIGNAL (default SIGKILL) the N-th time it reaches POINT. Counts are per process,
-so a fault lands at the same place whatever the machine's speed. Unset (always, outside tests), every
-call is one dictionary look-up.
+so a fault lands at the same place whatever the machine's speed. With ``BNNBENCH_FAULT_ONCE=PATH`` the
+fault fires only in the first process that reaches it (it creates PATH), e.g. in a job that is requeued.
+Unset (always, outside tests), every call is one dictionary look-up.
 """
 from __future__ import annotations
 
@@ -50,4 +51,10 @@ def point(name: str) -> None:
         return
     _hits[name] += 1
     if _hits[name] == plan[1]:
+        once = os.environ.get("BNNBENCH_FAULT_ONCE")
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return  # an earlier process fired it
         os.kill(os.getpid(), plan[2])

@@ -37,15 +37,17 @@ def test_submitit_runs_pending_and_skips_done(tmp_path, tiny_cifar):
 
 
 def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
-    """A 1-minute job limit: submitit's local executor sends SIGUSR2 30 s after the job starts, as Slurm does
-    ahead of a timeout. The trainer checkpoints after the current step and passes the signal on; submitit
-    requeues the job, which resumes mid-epoch. The run must end as an uninterrupted run does."""
+    """SIGUSR2, what Slurm sends ahead of a timeout or preemption, arrives mid-epoch (at the 20th of 40 steps of
+    the first epoch, placed by progress: bnnbench/faults.py, once). The trainer checkpoints after that step
+    and passes the signal on; submitit's handler requeues the job, which resumes mid-epoch. The run must end
+    as an uninterrupted run does."""
     from conftest import make_cifar
     data = make_cifar(tmp_path / "data", n_train=2000).parent
-    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=8)  # ~45 s of training: signalled at ~25 s
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=8)
+    plain = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    faulty = {**plain, "BNNBENCH_FAULT": "step:20:SIGUSR2", "BNNBENCH_FAULT_ONCE": str(tmp_path / "fired")}
 
-    def cli(out, *extra, timeout=900):
+    def cli(out, *extra, timeout=900, env=plain):
         r = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "--recipe", str(recipe), "--data-root",
                             str(data), "--out", str(out), "--device", "cpu", "--methods", "ovsw", *extra],
                            env=env, capture_output=True, text=True, timeout=timeout)
@@ -54,13 +56,13 @@ def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
         return run
 
     ref = cli(tmp_path / "ref")
-    run = cli(tmp_path / "out", "--launcher", "slurm", "--slurm-executor", "local", "--slurm-time", "1",
-              "--gpus-per-run", "0", "--slurm-cpus", "1", "--wait")
+    run = cli(tmp_path / "out", "--launcher", "slurm", "--slurm-executor", "local", "--slurm-time", "30",
+              "--gpus-per-run", "0", "--slurm-cpus", "1", "--wait", env=faulty)
+    assert (tmp_path / "fired").exists(), "the signal was sent"
     logs = "".join(p.read_text() for p in (tmp_path / "out" / "slurm").rglob("*.out"))
     errs = "".join(p.read_text() for p in (tmp_path / "out" / "slurm").rglob("*.err"))
     steps = re.findall(r"checkpointed \S+ at epoch (\d+), step (\d+)/(\d+)", logs)
-    assert steps, "the job was not preempted: " + logs[-2000:]
-    assert all(int(s) < int(n) for _, s, n in steps), "the checkpoint is taken mid-epoch"
+    assert steps == [("1", "20", "40")], "checkpointed mid-epoch at the signalled step: " + logs[-2000:]
     assert "Caught signal SIGUSR2" in errs, errs[-2000:]  # submitit took over and requeued (the run is done)
     result, expected = (json.loads((d / "result.json").read_text()) for d in (run, ref))
     assert result["status"] == "done" and result["epochs_run"] == 8
