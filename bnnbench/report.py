@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from .errors import RunError
 from .references import find_reference
-from .spec import RunResult
+from .spec import RunResult, variant_label
 from .stats import compare, holm, mean_interval, ranks
 from .store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_result
 
@@ -93,10 +93,7 @@ def row_labels(runs: list[RunResult]) -> dict[str, str]:
     common = common_changes(runs)
 
     def label(r: RunResult) -> str:
-        diff = {k: v for k, v in r.changes.items() if k != "epochs" and k not in common}
-        prefix = f"{r.method}."
-        return r.method + ("[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
-                           if diff else "")
+        return variant_label(r.method, r.changes, common)
     by_label: dict[str, set[str]] = defaultdict(set)
     for r in runs:
         by_label[label(r)].add(r.group)

@@ -48,6 +48,16 @@ def settings_from(values: Mapping[str, Any]) -> Any:
     return TrainSettings(**{k: v for k, v in values.items() if k in names})
 
 
+def variant_label(method: str, changes: Mapping[str, Any], shared: Mapping[str, Any] | None = None) -> str:
+    """``method[key=value,...]`` for the changes from the recipe, leaving out ``epochs`` (named in a table's
+    title) and the ``shared`` ones (named once for a whole table); a method's own keys lose their prefix."""
+    diff = {k: v for k, v in changes.items() if k != "epochs" and k not in (shared or {})}
+    if not diff:
+        return method
+    prefix = f"{method}."
+    return method + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -96,11 +106,7 @@ class RunSpec:
     @property
     def label(self) -> str:
         """Method name plus how the run differs from the recipe (``--epochs`` is in the table title)."""
-        diff = {k: v for k, v in self.changes.items() if k != "epochs"}
-        if not diff:
-            return self.method
-        prefix = f"{self.method}."
-        return self.method + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
+        return variant_label(self.method, self.changes)
 
     @property
     def epochs_overridden(self) -> bool:
