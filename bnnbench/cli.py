@@ -167,7 +167,8 @@ def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
         train["epochs"] = args.epochs
     flags = " and ".join(f for f, used in (("--set", sets), ("--epochs", args.epochs is not None)) if used)
     where = f"{flags} on recipe {recipe.path}" if flags else f"recipe {recipe.path}"
-    train = check_train(train, where, partial=False)
+    hparams = train.pop("method_hparams")          # this method's own mapping, validated by the Method
+    train = {**check_train(train, where, partial=False), "method_hparams": hparams}
     from .data import dataset_kind
     if train["loader"] == "dali" and dataset_kind(recipe.dataset) != "folder":
         raise ConfigError(f"{where}: loader = 'dali' is for ImageFolder datasets (imagenet), not {recipe.dataset}")

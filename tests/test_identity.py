@@ -171,3 +171,13 @@ def test_more_bad_inputs_are_one_message(tiny, tmp_path, capsys):
         rc = main(args)
         text = capsys.readouterr().out.replace("\n", "")
         assert rc == 2 and expected in text and "Traceback" not in text, (args, text)
+
+
+def test_recipe_method_hparams_survive_overrides(tiny):
+    """A shipped recipe's per-method hyperparameters (cifar10-cresnet20: OvSW delta 0.04) reach the run
+    whether or not --epochs/--set change the training settings."""
+    argv, _, data = tiny
+    base = ["--methods", "ovsw", "--recipe", "cifar10-cresnet20", "--data-root", str(data), "--device", "cpu"]
+    for extra in ([], ["--epochs", "2", "--set", "warmup_epochs=1"]):
+        (s,) = specs(base + extra)
+        assert s.method_hparams["delta"] == 0.04 and s.method_hparams["gamma"] == 9.0e-4, extra
