@@ -11,12 +11,27 @@ taps see zeros, as in every reference implementation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from .surrogates import sign_ste
 
 FILTER_DIMS = (1, 2, 3)  # the dimensions spanning one output filter of a (C_out, C_in, kh, kw) weight
+
+
+@dataclass(frozen=True)
+class InferenceForm:
+    """A binary conv at evaluation: ``y[o] = scale[o] * sum over taps inside the input of sign(x) * signs[o]``.
+
+    ``signs``: int8 (C_out, C_in, kh, kw), every value -1 or +1; ``scale``: float32 (C_out,). Padding,
+    stride and the rest of the geometry are the conv's own. This is what ``bnnbench/deploy.py`` packs
+    into bits for the XNOR-popcount kernels.
+    """
+
+    signs: Tensor
+    scale: Tensor
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -47,7 +62,66 @@ class BinaryConv2d(nn.Conv2d):
         """The sign pattern the forward pass uses (positive scales and clamps do not change it)."""
         return torch.sign(self.weight)
 
+    # --- deployment -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def signs_and_scale(self) -> tuple[Tensor, Tensor] | None:
+        """(signs, scale) with ``binarize_weight(W) * output_scale() == signs * scale[o]`` exactly, signs in
+        {-1, +1} and one positive magnitude per output filter o; None when the effective weight has a zero
+        or a second magnitude in some filter (such a layer cannot be deployed as 1-bit weights)."""
+        w = self.binarize_weight(self.weight.detach())
+        scale = self.output_scale()
+        if scale is not None:
+            w = w * scale.detach().to(w.dtype).reshape(-1, *([1] * (w.dim() - 1)))
+        mag = w.abs().amax(dim=FILTER_DIMS)
+        if not (torch.equal(w.abs(), mag.view(-1, 1, 1, 1).expand_as(w)) and bool((mag > 0).all())):
+            return None
+        return torch.sign(w), mag
+
+    def inference_form(self) -> InferenceForm:
+        """This conv at evaluation as ``y = scale[o] * conv(sign(x), signs)`` (see :class:`InferenceForm`).
+
+        Default: from :meth:`signs_and_scale` (a negative learnt scale folds into the signs), provided the
+        eval-mode input binarizer is ``torch.sign`` (checked on a probe tensor that includes 0). A method
+        whose deployed form differs overrides this.
+        """
+        where = f"{type(self).__name__} ({type(self).__module__})"
+        form = self.signs_and_scale()
+        if form is None:
+            zeros = int((self.effective_sign() == 0).sum())
+            raise ValueError(f"{where}: the effective weight binarize_weight(W) * output_scale() is not +-a_o "
+                             f"within each output filter" + (f": {zeros} weights have sign 0 (exactly 0), which "
+                             f"1-bit weights cannot represent" if zeros else "; override inference_form"))
+        probe = torch.linspace(-2.0, 2.0, 41).view(1, 1, 41, 1).expand(1, self.in_channels, 41, 1).contiguous()
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                probe_out = self.binarize_input(probe.clone().to(self.weight.device))
+        finally:
+            self.train(was_training)
+        if not torch.equal(probe_out.cpu(), torch.sign(probe)):
+            raise ValueError(f"{where}: the eval-mode input binarizer is not torch.sign(x); "
+                             f"override inference_form to give the layer's deployed form")
+        signs, scale = form
+        return InferenceForm(signs=signs.to(torch.int8).cpu(), scale=scale.float().cpu().contiguous())
+
+    def _eval_weights(self) -> tuple[Tensor, Tensor] | None:
+        """:meth:`signs_and_scale`, cached until a parameter or buffer of this layer changes."""
+        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        cache = self.__dict__.get("_eval_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, self.signs_and_scale())
+            self.__dict__["_eval_cache"] = cache
+        return cache[1]
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the scale
+            form = self._eval_weights()
+            if form is not None:
+                out = self._conv_forward(self.binarize_input(x), form[0].to(x.dtype), None)
+                out = out * form[1].to(out.dtype).view(1, -1, 1, 1)
+                return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
         wb = self.binarize_weight(self.weight)
         scale = self.output_scale()
         if scale is not None:  # conv(x, W) * a_c == conv(x, a_c W): scaling the small weight is cheaper

@@ -1,0 +1,268 @@
+// Bit-packed binary convolution (XNOR-popcount) for 1-bit inference on x86-64 CPUs.
+//
+// Operands (bnnbench/kernels.py packs them):
+//   activations  uint64 [N, H, W, Wd]            bit j of word k = (x[n, 64k + j, h, w] < 0)
+//   weights      uint64 [Ob, KH*KW, Wd, L]       bit j of word k = (W[o, 64k + j, ky, kx] < 0),
+//                                                o = ob * L + lane (output channels padded to L = 32)
+// A binary product is +1 when the two bits agree, -1 when they differ, so over the n valid input bits of
+// one output position:   dot = n - 2 * popcount(a XOR w).
+// Zero padding: a tap outside the input contributes 0 in the trained model (it pads after binarising),
+// so taps outside the input are skipped and n counts only the taps inside: n = C_in * (valid taps).
+// Channel padding bits are 0 in both operands: their XOR is 0 and they are not counted in n.
+//
+// Instruction sets, chosen at run time (isa argument or the CPU's features): AVX-512 with VPOPCNTDQ
+// (8 x 64-bit popcounts per instruction), AVX2 (nibble-table popcount, 4 x 64 bits), portable C++.
+// Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads).
+// A CUDA path would take the same packed operands and use __popcll per 64-bit word.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 32;  // output channels per weight block (4 AVX-512 vectors of 8 x 64-bit)
+
+struct Geometry {
+  int64_t n, h, w, wd, c_in, c_out, kh, kw, stride, pad, oh, ow, blocks;
+};
+
+// For output coordinate o (one axis): the range [lo, hi) of kernel taps that land inside the input.
+inline void tap_range(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t size, int64_t& lo, int64_t& hi) {
+  int64_t first = o * stride - pad;
+  lo = first < 0 ? -first : 0;
+  hi = first + k > size ? size - first : k;
+  if (hi < lo) hi = lo;
+}
+
+// Writes one output position's 32 lanes of one block: int32 dot products, or scale * dot as float.
+inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const float* scale,
+                  float* outf, int32_t* outi, int64_t pos) {
+  int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
+  for (int64_t l = 0; l < on; ++l) {
+    int64_t dot = nvalid - 2 * counts[l];
+    if (outf) outf[pos * g.c_out + o0 + l] = scale[o0 + l] * static_cast<float>(dot);
+    else outi[pos * g.c_out + o0 + l] = static_cast<int32_t>(dot);
+  }
+}
+
+// ---------------------------------------------------------------- portable --------------------------------
+void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wt, const float* scale,
+                       float* outf, int32_t* outi, int64_t row) {
+  int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
+  tap_range(oy, g.stride, g.pad, g.kh, g.h, ylo, yhi);
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    int64_t xlo, xhi;
+    tap_range(ox, g.stride, g.pad, g.kw, g.w, xlo, xhi);
+    int64_t nvalid = g.c_in * (yhi - ylo) * (xhi - xlo), pos = (n * g.oh + oy) * g.ow + ox;
+    for (int64_t ob = 0; ob < g.blocks; ++ob) {
+      int64_t counts[kLanes] = {0};
+      for (int64_t ky = ylo; ky < yhi; ++ky)
+        for (int64_t kx = xlo; kx < xhi; ++kx) {
+          const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
+          const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+          for (int64_t k = 0; k < g.wd; ++k)
+            for (int l = 0; l < kLanes; ++l) counts[l] += __builtin_popcountll(a[k] ^ w[k * kLanes + l]);
+        }
+      store(g, counts, nvalid, ob, scale, outf, outi, pos);
+    }
+  }
+}
+
+void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels) {
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int64_t k = 0; k < wd; ++k) {
+      uint64_t bits = 0;
+      for (int64_t j = 0; j < 64 && 64 * k + j < c; ++j) bits |= static_cast<uint64_t>(x[p * c + 64 * k + j] < 0.f) << j;
+      out[p * wd + k] = bits;
+    }
+}
+
+// ---------------------------------------------------------------- AVX2 ------------------------------------
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+inline __m256i popcount_avx2(__m256i v) {  // 4 x 64-bit popcounts: nibble table, then byte sums per lane
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+  __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+template <int P>  // P output positions of one row sharing the same valid taps
+inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
+                       int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
+  __m256i acc[P][8];
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 8; ++r) acc[p][r] = _mm256_setzero_si256();
+  for (int64_t ky = ylo; ky < yhi; ++ky)
+    for (int64_t kx = xlo; kx < xhi; ++kx) {
+      const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
+      const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+      for (int64_t k = 0; k < g.wd; ++k) {
+        __m256i av[P];
+        for (int p = 0; p < P; ++p) av[p] = _mm256_set1_epi64x(static_cast<long long>(a[p * g.stride * g.wd + k]));
+        for (int r = 0; r < 8; ++r) {
+          __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kLanes + 4 * r));
+          for (int p = 0; p < P; ++p) acc[p][r] = _mm256_add_epi64(acc[p][r], popcount_avx2(_mm256_xor_si256(av[p], wv)));
+        }
+      }
+    }
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 8; ++r) _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts[p] + 4 * r), acc[p][r]);
+}
+#pragma GCC pop_options
+
+// ---------------------------------------------------------------- AVX-512 VPOPCNTDQ -----------------------
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+template <int P>
+inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
+                         int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
+  __m512i acc[P][4];
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_setzero_si512();
+  for (int64_t ky = ylo; ky < yhi; ++ky)
+    for (int64_t kx = xlo; kx < xhi; ++kx) {
+      const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
+      const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+      for (int64_t k = 0; k < g.wd; ++k) {
+        __m512i av[P];
+        for (int p = 0; p < P; ++p) av[p] = _mm512_set1_epi64(static_cast<long long>(a[p * g.stride * g.wd + k]));
+        for (int r = 0; r < 4; ++r) {
+          __m512i wv = _mm512_loadu_si512(w + k * kLanes + 8 * r);
+          for (int p = 0; p < P; ++p) acc[p][r] = _mm512_add_epi64(acc[p][r], _mm512_popcnt_epi64(_mm512_xor_si512(av[p], wv)));
+        }
+      }
+    }
+  for (int p = 0; p < P; ++p)
+    for (int r = 0; r < 4; ++r) _mm512_storeu_si512(counts[p] + 8 * r, acc[p][r]);
+}
+
+void pack_row_avx512(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* xp = x + p * c;
+    for (int64_t k = 0; k < wd; ++k) {
+      uint64_t bits = 0;
+      for (int q = 0; q < 4; ++q) {
+        int64_t c0 = 64 * k + 16 * q;
+        if (c0 >= c) break;
+        __mmask16 valid = c - c0 >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (c - c0)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(valid, xp + c0);
+        bits |= static_cast<uint64_t>(_mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_LT_OQ)) << (16 * q);
+      }
+      out[p * wd + k] = bits;
+    }
+  }
+}
+#pragma GCC pop_options
+
+// One output row with a vector block kernel: runs of 4 positions whose taps are all inside the input go
+// through the 4-position kernel (each weight load feeds 4 popcounts), the rest one at a time.
+template <void (*B1)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                     int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
+          void (*B4)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                     int64_t, int64_t, int64_t, int64_t (*)[kLanes])>
+void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const float* scale,
+                     float* outf, int32_t* outi, int64_t row) {
+  int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
+  tap_range(oy, g.stride, g.pad, g.kh, g.h, ylo, yhi);
+  int64_t counts[4][kLanes];
+  int64_t ox = 0;
+  while (ox < g.ow) {
+    int64_t xlo, xhi, xlo4, xhi4;
+    tap_range(ox, g.stride, g.pad, g.kw, g.w, xlo, xhi);
+    tap_range(ox + 3, g.stride, g.pad, g.kw, g.w, xlo4, xhi4);
+    bool run4 = ox + 4 <= g.ow && xlo == 0 && xhi == g.kw && xlo4 == 0 && xhi4 == g.kw;
+    int P = run4 ? 4 : 1;
+    int64_t nvalid = g.c_in * (yhi - ylo) * (xhi - xlo);
+    for (int64_t ob = 0; ob < g.blocks; ++ob) {
+      if (run4) B4(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
+      else B1(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
+      for (int p = 0; p < P; ++p) store(g, counts[p], nvalid, ob, scale, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
+    }
+    ox += P;
+  }
+}
+
+enum class Isa { portable = 0, avx2 = 1, avx512 = 2 };
+
+Isa best_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vpopcntdq"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2")) return Isa::avx2;
+  return Isa::portable;
+}
+
+Isa resolve_isa(int64_t requested) {
+  Isa best = best_isa();
+  if (requested < 0) return best;
+  TORCH_CHECK(requested <= static_cast<int64_t>(best), "binconv: instruction set ", requested,
+              " is not supported by this CPU (best available: ", static_cast<int>(best), ")");
+  return static_cast<Isa>(requested);
+}
+
+}  // namespace
+
+int64_t cpu_isa() { return static_cast<int64_t>(best_isa()); }
+
+// x: float32 [N, C, H, W] in channels_last memory -> uint64 [N, H, W, ceil(C / 64)] sign bits (x < 0).
+torch::Tensor pack_activations(torch::Tensor x, int64_t isa) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "pack_activations: expected a 4-d float32 tensor");
+  TORCH_CHECK(x.is_contiguous(torch::MemoryFormat::ChannelsLast), "pack_activations: x must be channels_last");
+  int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), wd = (c + 63) / 64;
+  auto out = torch::empty({n, h, w, wd}, x.options().dtype(torch::kUInt64));
+  const float* xp = x.data_ptr<float>();
+  uint64_t* op = out.data_ptr<uint64_t>();
+  Isa use = resolve_isa(isa);
+  at::parallel_for(0, n * h, 1, [&](int64_t b, int64_t e) {
+    if (use == Isa::avx512) pack_row_avx512(xp + b * w * c, op + b * w * wd, c, wd, (e - b) * w);
+    else pack_row_portable(xp + b * w * c, op + b * w * wd, c, wd, (e - b) * w);
+  });
+  return out;
+}
+
+// act: packed activations, wt: packed weights [Ob, KH*KW, Wd, 32]; returns [N, OH, OW, C_out] float32
+// (scale given: scale[o] * dot) or int32 (scale empty: the dot products themselves).
+torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale, int64_t c_in, int64_t c_out,
+                        int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t isa) {
+  TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kUInt64 && act.is_contiguous(), "binconv2d: bad act");
+  TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == torch::kUInt64 && wt.is_contiguous() && wt.size(3) == kLanes,
+              "binconv2d: bad packed weights");
+  TORCH_CHECK(stride >= 1 && pad >= 0, "binconv2d: stride must be >= 1 and padding >= 0");
+  Geometry g{act.size(0), act.size(1), act.size(2), act.size(3), c_in, c_out, kh, kw, stride, pad,
+             (act.size(1) + 2 * pad - kh) / stride + 1, (act.size(2) + 2 * pad - kw) / stride + 1, wt.size(0)};
+  TORCH_CHECK(g.wd == (c_in + 63) / 64 && wt.size(2) == g.wd && wt.size(1) == kh * kw &&
+              g.blocks == (c_out + kLanes - 1) / kLanes, "binconv2d: operand shapes do not match");
+  TORCH_CHECK(g.oh > 0 && g.ow > 0, "binconv2d: the input is smaller than the kernel");
+  bool with_scale = scale.numel() > 0;
+  if (with_scale) TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == c_out && scale.is_contiguous(),
+                              "binconv2d: scale must be float32 with one value per output channel");
+  auto out = torch::empty({g.n, g.oh, g.ow, c_out}, act.options().dtype(with_scale ? torch::kFloat32 : torch::kInt32));
+  const uint64_t* ap = act.data_ptr<uint64_t>();
+  const uint64_t* wp = wt.data_ptr<uint64_t>();
+  const float* sp = with_scale ? scale.data_ptr<float>() : nullptr;
+  float* of = with_scale ? out.data_ptr<float>() : nullptr;
+  int32_t* oi = with_scale ? nullptr : out.data_ptr<int32_t>();
+  Isa use = resolve_isa(isa);
+  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      if (use == Isa::avx512) conv_row_vector<block_avx512<1>, block_avx512<4>>(g, ap, wp, sp, of, oi, row);
+      else if (use == Isa::avx2) conv_row_vector<block_avx2<1>, block_avx2<4>>(g, ap, wp, sp, of, oi, row);
+      else conv_row_portable(g, ap, wp, sp, of, oi, row);
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cpu_isa", &cpu_isa, "best instruction set of this CPU: 0 portable, 1 AVX2, 2 AVX-512 VPOPCNTDQ");
+  m.def("pack_activations", &pack_activations, "sign bits of a channels_last float32 tensor, packed along C");
+  m.def("binconv2d", &binconv2d, "XNOR-popcount convolution on packed operands");
+}
