@@ -40,6 +40,8 @@ def build_dir() -> Path:
 def _load():
     """The compiled extension module, or the exception that stopped it (cached for the process)."""
     try:
+        import logging
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime": CPU only
         from torch.utils.cpp_extension import load
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
