@@ -34,6 +34,7 @@ from .host import keep_freed_memory
 from .layers import BinaryConv2d
 from .method import Method
 from .registry import ARCHITECTURES, METHODS
+from .timing import paired_ratio, round_robin, sync, time_call
 from .trainer import resolve_device, train_step
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -53,23 +54,10 @@ class FullPrecision(Method):
     conv_class = _PlainConv
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
-
-
 def _median_time(fn, device, repeats: int, warmup: int) -> tuple[float, list[float]]:
     for _ in range(warmup):
         fn()
-    times = [_time(fn, device) for _ in range(repeats)]
+    times = [time_call(fn, device) for _ in range(repeats)]
     return statistics.median(times), times
 
 
@@ -116,22 +104,13 @@ def bench_methods(methods: dict[str, Method], arch: str, batch: int, device, ste
     ratio to the full-precision case (``methods`` must contain ``fp``)."""
     cases = {name: Case(m, arch, batch, device, track=name != "fp", memory_format=memory_format)
              for name, m in methods.items()}
-    for case in cases.values():
-        for _ in range(warmup):
-            case.step()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(steps):
-        for name, case in cases.items():
-            times[name].append(_time(case.step, device))
+    times = round_robin({name: case.step for name, case in cases.items()}, steps, warmup, device)
     results = {}
     for name, case in cases.items():
         med = statistics.median(times[name])
-        # the ratio of each round's step to the full-precision step of the same round, whose median and
-        # quartiles are insensitive to drifts of the machine's speed between rounds
-        paired = [t / f for t, f in zip(times[name], times["fp"])]
-        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (paired[0],) * 3
+        ratio = paired_ratio(times[name], times["fp"])
         results[name] = {"step_s": med, "step_all_s": times[name], "images_per_s": batch / med,
-                         "ratio_to_fp": statistics.median(paired), "ratio_q1": q1, "ratio_q3": q3,
+                         "ratio_to_fp": ratio["median"], "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"],
                          **case.parts(steps)}
     for r in results.values():
         r["hook_flip_share"] = (r["hook_s"] + r["flip_s"]) / r["step_s"]
@@ -146,13 +125,13 @@ def bench_loader(batch: int, device, n: int = 20_000, epochs: int = 2) -> float:
     loader.set_epoch(0)
     for _ in loader:  # warm-up
         pass
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     for e in range(epochs):
         loader.set_epoch(e + 1)
         for _ in loader:
             pass
-    _sync(device)
+    sync(device)
     return n * epochs / (time.perf_counter() - t)
 
 

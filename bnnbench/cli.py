@@ -33,12 +33,12 @@ def _warn_to(console):
 
 
 DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
-COMMANDS = ("run", "report", "bench", "list")
+COMMANDS = ("run", "report", "bench", "deploy-bench", "list")
 
 
 def build_main_parser() -> argparse.ArgumentParser:
     """``run_bench.py COMMAND ...``; without a command, ``run`` is meant (``run_bench.py --methods ovsw recu``)."""
-    from . import bench
+    from . import bench, deploy_bench
     p = argparse.ArgumentParser(prog="run_bench.py", description=DESCRIPTION,
                                 epilog="Without a command, 'run' is meant: run_bench.py --methods ovsw recu is "
                                        "run_bench.py run --methods ovsw recu. 'run_bench.py COMMAND --help' "
@@ -50,6 +50,9 @@ def build_main_parser() -> argparse.ArgumentParser:
                                         description="Rebuild the leaderboard from run directories alone."))
     bench.add_arguments(sub.add_parser("bench", help="measure training-step speed of every method against "
                                        "full precision", description=bench.__doc__.split("\n\n")[0]))
+    deploy_bench.add_arguments(sub.add_parser(
+        "deploy-bench", help="measure 1-bit inference (bit-packed XNOR-popcount kernels) against FP32, per "
+        "binary layer and end to end, with the exactness check", description=deploy_bench.__doc__.split("\n\n")[0]))
     lp = sub.add_parser("list", help="list methods, backbones and recipes")
     lp.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                     help="load a third-party method/architecture plugin first (repeatable)")
@@ -386,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run as bench_run
             return bench_run(args, console)
+        if args.command == "deploy-bench":
+            from .deploy_bench import run as deploy_bench_run
+            return deploy_bench_run(args, console)
         from .registry import ensure_builtins, load_plugin
         ensure_builtins()
         for spec in args.plugin:
