@@ -19,10 +19,12 @@ and "speed-up vs FP32" columns read that file, ``report`` never times anything i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,19 +109,20 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
     return out
 
 
-def record_run(run_dir: Path, model: nn.Module, sample: torch.Tensor, rounds: int = 20) -> dict:
-    """Measure a trained run's exported model at batch 1 (exactness on ``sample``) and write ``deploy.json``;
-    when it cannot be exported (kernels not built, a layer not 1-bit) the file says why."""
+def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20) -> dict:
+    """Measure a trained run's exported model (exactness on the images ``sample()`` returns, latency at
+    batch 1) and write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not
+    1-bit, no test batch) the file says why and the run stays done."""
     from .store import atomic_write_text
     try:
-        model = model.cpu().eval().to(memory_format=torch.channels_last)
+        model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
         packed = deploy.packed_model(model)
-        sample = sample.cpu().float()
-        doc = {"status": "measured", "batch": 1, "input": list(sample.shape[1:]), "machine": machine(),
-               "exact": deploy.check_exact(model, packed, sample).to_dict(),
-               "end_to_end": bench_end_to_end(model, packed, sample[:1], rounds, 3)}
-    except (RuntimeError, ValueError) as e:  # recorded for the leaderboard, not a failed run
-        doc = {"status": "unavailable", "reason": str(e).splitlines()[0][:300]}
+        x = sample().cpu().float()
+        doc = {"status": "measured", "batch": 1, "input": list(x.shape[1:]), "machine": machine(),
+               "exact": deploy.check_exact(model, packed, x).to_dict(),
+               "end_to_end": bench_end_to_end(model, packed, x[:1], rounds, 3)}
+    except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
+        doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     atomic_write_text(run_dir / DEPLOY_FILE, json.dumps(doc, indent=1))
     return doc
 
@@ -175,8 +178,17 @@ def run(args, console) -> int:
     reason = kernels.unavailable_reason()
     if reason:
         raise ConfigError(f"deploy-bench: {reason}")
+    before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, console)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args, console) -> int:
+    from .errors import ConfigError
     if args.rounds < 1 or args.warmup < 0 or min(args.batch) < 1:
         raise ConfigError(f"deploy-bench: --rounds {args.rounds} must be >= 1, --warmup {args.warmup} >= 0, "
                           f"--batch {args.batch} >= 1")

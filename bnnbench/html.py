@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .plots import curve_stem
-from .report import NOTES, StoredRun, _cells, columns, row_labels
+from .report import NOTES, StoredRun, _cells, columns, deploy_notes, row_labels
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:32px}
@@ -82,6 +82,7 @@ def render_html(tables: list[dict], runs: list[StoredRun], out: Path) -> str:
     """The report page for the tables and runs under ``out`` (plots are read from ``out/plots``)."""
     plots = Path(out) / "plots"
     body = "\n".join(_section(t, runs, plots) for t in tables) or "<p>No finished runs.</p>"
+    notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>bnnbench report</title>'
             f"<style>{STYLE}</style></head><body><h1>bnnbench leaderboard</h1>"
-            f'<p class="notes">{html.escape(NOTES)}</p>{body}<script>{SCRIPT}</script></body></html>\n')
+            f'<p class="notes">{html.escape(notes)}</p>{body}<script>{SCRIPT}</script></body></html>\n')

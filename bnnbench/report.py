@@ -29,7 +29,7 @@ from .store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_
 
 COLUMNS = ["method", "top1 final", "rank", "top1 best", "rank best", "top5", "paper", "gap", "silent %", "flip %",
            "binary params %",
-           "OPs", "size", "epochs", "wall/run", "img/s"]
+           "OPs", "size", "1-bit ms (b1, CPU)", "x FP32", "epochs", "wall/run", "img/s"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class StoredRun:
 
     result: RunResult
     path: Path
+    deploy: dict | None = None  # deploy.json: the exported 1-bit model's measured latency (bnnbench/deploy_bench.py)
 
     @property
     def name(self) -> str:
@@ -59,7 +60,22 @@ def load_run(d: Path) -> StoredRun:
         raise ValueError(f"{d / 'metrics.jsonl'} was changed after the run finished")
     if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
         raise ValueError("no final accuracy")
-    return StoredRun(RunResult.from_dict(doc, spec), d)
+    return StoredRun(RunResult.from_dict(doc, spec), d, read_deploy(d))
+
+
+def read_deploy(d: Path) -> dict | None:
+    """The run's ``deploy.json``, None when the run has none; an unreadable one reads as 'unavailable'."""
+    from .deploy_bench import DEPLOY_FILE
+    path = d / DEPLOY_FILE
+    if not path.exists():
+        return None
+    try:
+        doc = read_json(path)
+        if doc.get("status") == "measured":
+            float(doc["end_to_end"]["packed"]["median_s"]), float(doc["end_to_end"]["speedup_vs_fp32"])
+        return doc
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return {"status": "unavailable", "reason": f"{path} is unreadable ({type(e).__name__})"}
 
 
 def collect(out: Path, warn: Callable[[str], None]) -> list[StoredRun]:
@@ -126,6 +142,7 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[d
     run group (the RunSpec without the seed): only seeds of one configuration are averaged.
     """
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    deploys = {id(s.result): s.deploy for s in stored}
     for r in (s.result for s in stored):
         groups[(r.recipe, r.track, r.dataset, r.backbone, r.epochs, bool(r.epochs_overridden),
                 bool(r.full_data))].append(r)
@@ -136,7 +153,8 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[d
         by_group: dict[str, list[RunResult]] = defaultdict(list)
         for r in groups[key]:
             by_group[r.group].append(r)
-        rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden)
+        rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden,
+                     [deploys.get(id(r)) for r in by_group[g]])
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
         add_statistics(rows, baseline)
         sched = f"{epochs} epochs" + (" (--epochs override)" if overridden else "") + ("" if full else ", data subset")
@@ -174,8 +192,18 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _deploy_cells(deploys: list[dict | None]) -> dict:
+    """Median 1-bit latency (ms) and speed-up over FP32 of the runs' measured exports, or why there is none."""
+    measured = [d["end_to_end"] for d in deploys if d and d.get("status") == "measured"]
+    reasons = sorted({d["reason"] for d in deploys if d and d.get("status") != "measured" and d.get("reason")})
+    if not measured:
+        return {"deploy_ms": None, "deploy_speedup": None, "deploy_note": "; ".join(reasons) or None}
+    return {"deploy_ms": 1000 * statistics.median(e["packed"]["median_s"] for e in measured),
+            "deploy_speedup": statistics.median(e["speedup_vs_fp32"] for e in measured), "deploy_note": None}
+
+
 def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
-         overridden: bool) -> dict:
+         overridden: bool, deploys: list[dict | None] | None = None) -> dict:
     ok = [r for r in rs if r.status == "done"]
     failed = [r for r in rs if r.status == "failed"]
     row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
@@ -192,6 +220,7 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
                    ops=ops.get("ops"), packed_bytes=ops.get("packed_bytes"),
                    wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
                    epochs_run=max(r.epochs_run for r in ok))
+        row.update(_deploy_cells([d for r, d in zip(rs, deploys or [None] * len(rs)) if r.status == "done"]))
     ref = find_reference(rs[0].method, dataset, backbone)
     row["paper"] = ref["top1"] if ref else None
     row["paper_source"] = ref["source"] if ref else None
@@ -236,6 +265,8 @@ def _cells(row: dict, cols: list[str]) -> list[str]:
              "binary params %": "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
              "OPs": _fmt_si(row["ops"]),
              "size": "-" if row["packed_bytes"] is None else f"{row['packed_bytes'] / 2**20:.2f} MiB",
+             "1-bit ms (b1, CPU)": "-" if row.get("deploy_ms") is None else f"{row['deploy_ms']:.3f}",
+             "x FP32": "-" if row.get("deploy_speedup") is None else f"{row['deploy_speedup']:.2f}",
              "epochs": str(row["epochs_run"]), "wall/run": _fmt_time(row["wall"]), "img/s": f"{row['ips']:.0f}"}
     return [cells[c] for c in cols]
 
@@ -249,7 +280,16 @@ NOTES = ("top1 final: last-epoch test top-1, mean ± 95% confidence half-width o
          "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
          "(n/c: not comparable). silent %: binary weights whose effective sign never flipped; flip %: weights "
          "that flipped at least once in the last epoch. OPs = FLOPs + BOPs/64 per image; size: binary weights "
-         "at 1 bit, other parameters at 32 bit.")
+         "at 1 bit, other parameters at 32 bit. 1-bit ms: measured latency of the run's exported model at batch 1 "
+         "on the CPU that trained it (bit-packed XNOR-popcount kernels, bnnbench/kernels.py; median over runs); "
+         "x FP32: speed-up over the same network with FP32 convolutions on that CPU, same threads; '-': not "
+         "measured (the row's footnote says why).")
+
+
+def deploy_notes(tables: list[dict]) -> str:
+    """Why rows have no 1-bit figures (one line per distinct reason), or ''."""
+    reasons = sorted({r["deploy_note"] for t in tables for r in t["rows"] if r.get("deploy_note")})
+    return " ".join(f"1-bit columns empty: {why}." for why in reasons)
 
 
 def render(tables: list[dict], fmt: str) -> str:
@@ -273,10 +313,11 @@ def render(tables: list[dict], fmt: str) -> str:
             parts.append(f"### {t['title']}\n\n{body}\n")
         else:
             parts.append(f"% {t['title']}\n{body}\n")
+    notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
     if fmt == "md":
-        parts.append(f"_{NOTES}_\n")
+        parts.append(f"_{notes}_\n")
     else:
-        parts.append(f"% {NOTES}\n")
+        parts.append(f"% {notes}\n")
         if not tables:
             parts.insert(0, "No finished runs.\n")
     return "\n".join(parts)
@@ -308,3 +349,5 @@ def print_console(tables: list[dict], console) -> None:
         console.print(table)
     if tables:
         console.print(escape(NOTES), soft_wrap=True, style="dim")
+        if deploy_notes(tables):
+            console.print(escape(deploy_notes(tables)), soft_wrap=True, style="yellow")

@@ -267,8 +267,8 @@ class RunDir:
         write_json(self.file(RESULT), seal_result(doc))
 
     def clear(self) -> None:
-        """Forget a previous attempt (``--force``): result, checkpoints, metrics."""
-        for name in (RESULT, METRICS, CKPT, CKPT_PREV, "flips.pt", "init_weights.pt", "error.log"):
+        """Forget a previous attempt (``--force``): result, checkpoints, metrics, deploy figures."""
+        for name in (RESULT, METRICS, CKPT, CKPT_PREV, "flips.pt", "init_weights.pt", "error.log", "deploy.json"):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:

@@ -435,10 +435,17 @@ class Run:
         if self.main:
             if status == "done":
                 atomic_torch_save(self.tracker.never_flipped(), self.dir.file("flips.pt"))
+                self.record_deployment()
             faults.point("before_result")
             self.dir.write_result(result)
         ddp.barrier()
         return result
+
+    def record_deployment(self) -> None:
+        """Export the trained model to 1-bit form and measure it on this CPU (``deploy.json``; the
+        leaderboard's 1-bit columns): exactness on the first test images, latency at batch 1."""
+        from .deploy_bench import record_run
+        record_run(self.dir.path, self.net, lambda: next(iter(self.test_loader))[0][:16])
 
     def result(self, status: str, reason: str | None) -> RunResult:
         done = [h for h in self.history if h.get("test_top1") is not None]

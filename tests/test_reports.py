@@ -71,3 +71,44 @@ def test_bench_command_writes_figures(tmp_path, capsys):
     assert res["methods"]["fp"]["ratio_to_fp"] == 1.0  # each round's fp step against itself
     assert res["memory_format"] == "channels_last" and isinstance(res["keep_freed_memory"], bool)
     assert res["loader_images_per_s"] > 0
+
+
+def test_every_run_records_its_one_bit_export_and_the_leaderboard_shows_it(matrix):
+    from bnnbench import kernels
+    runs = collect(matrix, warn=print)
+    docs = [json.loads((r.path / "deploy.json").read_text()) for r in runs]
+    md = render(build_tables(runs), "md")
+    assert "1-bit ms (b1, CPU)" in md and "x FP32" in md
+    if kernels.unavailable_reason():
+        assert all(d["status"] == "unavailable" for d in docs) and "1-bit columns empty" in md
+        return
+    for d in docs:
+        assert d["status"] == "measured" and d["exact"]["exact"] and d["exact"]["samples"] > 1
+        assert d["exact"]["top1_same"] == d["exact"]["samples"] or any(
+            c["zero_inputs"] for c in d["exact"]["layers"])
+        assert d["end_to_end"]["packed"]["median_s"] > 0 and d["end_to_end"]["speedup_vs_fp32"] > 0
+    row = build_tables(runs)[0]["rows"][0]
+    want = 1000 * docs[[r.result.method for r in runs].index("ovsw")]["end_to_end"]["packed"]["median_s"]
+    assert row["deploy_ms"] == pytest.approx(want)
+    # a run whose export could not be measured: '-' and the reason under the table
+    gone = dataclasses.replace(runs[0], deploy={"status": "unavailable", "reason": "ValueError: 3 weights have sign 0"})
+    md = render(build_tables([gone]), "md")
+    assert "1-bit columns empty: ValueError: 3 weights have sign 0." in md
+
+
+def test_deploy_bench_command_writes_figures(tmp_path):
+    from bnnbench import kernels
+    if kernels.unavailable_reason():
+        pytest.skip(kernels.unavailable_reason())
+    out = tmp_path / "deploy.json"
+    rc = main(["deploy-bench", "--arch", "cresnet20", "--batch", "1", "2", "--rounds", "2", "--warmup", "0",
+               "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [c["batch"] for c in res["cases"]] == [1, 2]
+    for c in res["cases"]:
+        assert len(c["layers"]) == 18 and c["exact"]["exact"]
+        assert all(r["packed"]["median_s"] > 0 and r["fp32"]["median_s"] > 0 for r in c["layers"])
+        assert c["end_to_end"]["speedup_vs_fp32"] > 0 and c["end_to_end"]["speedup_vs_simulated"] > 0
+    assert res["machine"]["threads"] == 1 and res["machine"]["isa"] in kernels.ISAS
+    assert [t["target"] for t in res["targets"]] == ["cresnet20 end to end >= 3.0x FP32"]
