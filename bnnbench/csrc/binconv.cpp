@@ -10,7 +10,7 @@
 // so taps outside the input are skipped and n counts only the taps inside: n = C_in * (valid taps).
 // Channel padding bits are 0 in both operands: their XOR is 0 and they are not counted in n.
 //
-// Instruction sets, chosen at run time (isa argument or the CPU's features): AVX-512 with VPOPCNTDQ
+// Instruction sets, chosen at run time (isa argument or the CPU's features): AVX-512 (F, BW, VL) with VPOPCNTDQ
 // (8 x 64-bit popcounts per instruction), AVX2 (nibble-table popcount, 4 x 64 bits), portable C++.
 // Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads).
 // A CUDA path would take the same packed operands and use __popcll per 64-bit word.
@@ -118,7 +118,7 @@ inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* w
 
 // ---------------------------------------------------------------- AVX-512 VPOPCNTDQ -----------------------
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vpopcntdq,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")
 template <int P>
 inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                          int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
@@ -140,6 +140,23 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
     }
   for (int p = 0; p < P; ++p)
     for (int r = 0; r < 4; ++r) _mm512_storeu_si512(counts[p] + 8 * r, acc[p][r]);
+}
+
+// The epilogue of one block: dot = nvalid - 2 * count, times the scale, as float; 8 lanes per vector.
+void store_avx512(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const float* scale,
+                  float* outf, int32_t* outi, int64_t pos) {
+  int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
+  if (!outf) return store(g, counts, nvalid, ob, scale, outf, outi, pos);
+  const __m512i n = _mm512_set1_epi64(nvalid);
+  for (int64_t r = 0; r * 8 < on; ++r) {
+    int64_t left = on - 8 * r;
+    __mmask8 m = left >= 8 ? static_cast<__mmask8>(0xff) : static_cast<__mmask8>((1u << left) - 1);
+    __m512i c = _mm512_loadu_si512(counts + 8 * r);
+    __m512i dot = _mm512_sub_epi64(n, _mm512_add_epi64(c, c));
+    __m256 d = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot));  // |dot| < 2^31: exact, as the scalar path
+    __m256 sc = _mm256_maskz_loadu_ps(m, scale + o0 + 8 * r);
+    _mm256_mask_storeu_ps(outf + pos * g.c_out + o0 + 8 * r, m, _mm256_mul_ps(sc, d));
+  }
 }
 
 void pack_row_avx512(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels) {
@@ -166,7 +183,8 @@ void pack_row_avx512(const float* x, uint64_t* out, int64_t c, int64_t wd, int64
 template <void (*B1)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
           void (*B4)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                     int64_t, int64_t, int64_t, int64_t (*)[kLanes])>
+                     int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
+          void (*Store)(const Geometry&, int64_t*, int64_t, int64_t, const float*, float*, int32_t*, int64_t)>
 void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const float* scale,
                      float* outf, int32_t* outi, int64_t row) {
   int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
@@ -183,7 +201,7 @@ void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt,
     for (int64_t ob = 0; ob < g.blocks; ++ob) {
       if (run4) B4(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       else B1(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
-      for (int p = 0; p < P; ++p) store(g, counts[p], nvalid, ob, scale, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
+      for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, scale, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
     }
     ox += P;
   }
@@ -193,7 +211,7 @@ enum class Isa { portable = 0, avx2 = 1, avx512 = 2 };
 
 Isa best_isa() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512vpopcntdq"))
     return Isa::avx512;
   if (__builtin_cpu_supports("avx2")) return Isa::avx2;
@@ -253,8 +271,8 @@ torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale
   Isa use = resolve_isa(isa);
   at::parallel_for(0, g.n * g.oh, 1, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
-      if (use == Isa::avx512) conv_row_vector<block_avx512<1>, block_avx512<4>>(g, ap, wp, sp, of, oi, row);
-      else if (use == Isa::avx2) conv_row_vector<block_avx2<1>, block_avx2<4>>(g, ap, wp, sp, of, oi, row);
+      if (use == Isa::avx512) conv_row_vector<block_avx512<1>, block_avx512<4>, store_avx512>(g, ap, wp, sp, of, oi, row);
+      else if (use == Isa::avx2) conv_row_vector<block_avx2<1>, block_avx2<4>, store>(g, ap, wp, sp, of, oi, row);
       else conv_row_portable(g, ap, wp, sp, of, oi, row);
     }
   });
