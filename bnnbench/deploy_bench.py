@@ -152,6 +152,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every case (default torch's)")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per case (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
+    p.add_argument("--run", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                   help="finished runs: measure their exported models (final checkpoint) instead of random "
+                        "backbones and (re)write deploy.json there; needs --data-root for the test images")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset root of the --run runs")
     p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
     return p
 
@@ -194,6 +198,8 @@ def _run(args, console) -> int:
                           f"--batch {args.batch} >= 1")
     console.print(f"deploy-bench on {machine()['cpu']} ({kernels.best_isa()} kernels, {torch.get_num_threads()} "
                   f"threads): median of {args.rounds} round-robin rounds after {args.warmup} warm-up calls")
+    if args.run:
+        return _run_stored(args, console)
     cases = [{"arch": a, "method": args.method, **measure(*_model(args.method, a, b), args.rounds, args.warmup)}
              for a in args.arch for b in args.batch]
     for c in cases:
@@ -208,6 +214,28 @@ def _run(args, console) -> int:
                                          "cases": cases, "targets": checked}, indent=1))
         console.print(f"figures written to {args.json}")
     return 0 if all(c["exact"]["exact"] for c in cases) else 1
+
+
+def _run_stored(args, console) -> int:
+    """deploy-bench --run: each run's exported model at batch 1, written to its deploy.json."""
+    from .errors import ConfigError
+    from .trainer import trained_model
+    if args.data_root is None:
+        raise ConfigError("deploy-bench --run needs --data-root (the test images the exactness check uses)")
+    ok = True
+    for d in args.run:
+        _, model, test = trained_model(d, args.data_root)
+        doc = record_run(d, model, lambda test=test: next(iter(test))[0][:16], args.rounds)
+        if doc["status"] != "measured":
+            ok = False
+            console.print(f"{d.name}: not measured: {doc['reason']}")
+            continue
+        e, x = doc["end_to_end"], doc["exact"]
+        ok = ok and x["exact"]
+        console.print(f"{d.name}: 1-bit {1000 * e['packed']['median_s']:.3f} ms, FP32 "
+                      f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
+                      f"top-1 same {x['top1_same']}/{x['samples']}")
+    return 0 if ok else 1
 
 
 def print_case(c: dict, console) -> None:

@@ -469,6 +469,26 @@ class Run:
             plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest(), command=shlex.join(sys.argv))
 
 
+def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = None):
+    """(spec, model in eval mode with the run's final weights, test loader) of a finished run."""
+    rd = RunDir(run_dir)
+    spec = rd.read_spec()
+    done = rd.read_result()
+    if not done or done.get("status") != "done":
+        raise RunError(f"{run_dir} is not a finished run (no result.json with status done)")
+    state = rd.load_checkpoint()
+    if state is None or state.get("epoch") != spec.settings.epochs - 1 or state.get("partial"):
+        raise RunError(f"{run_dir}: no checkpoint of the final epoch {spec.settings.epochs} (checkpoint.pt)")
+    device = device or torch.device("cpu")
+    _, test, num_classes = make_loaders(spec, device, Path(data_root))
+    arch = ARCHITECTURES.get(spec.backbone)
+    method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
+                                      source=f"run config of {rd.name}")
+    model = build_model(method, arch, num_classes, options=dict(spec.backbone_options), source=f"run {rd.name}")
+    model.load_state_dict(state["model"])
+    return spec, model.to(device).eval(), test
+
+
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))

@@ -112,3 +112,15 @@ def test_deploy_bench_command_writes_figures(tmp_path):
         assert c["end_to_end"]["speedup_vs_fp32"] > 0 and c["end_to_end"]["speedup_vs_simulated"] > 0
     assert res["machine"]["threads"] == 1 and res["machine"]["isa"] in kernels.ISAS
     assert [t["target"] for t in res["targets"]] == ["cresnet20 end to end >= 3.0x FP32"]
+
+
+def test_deploy_bench_remeasures_finished_runs(matrix):
+    from bnnbench import kernels
+    if kernels.unavailable_reason():
+        pytest.skip(kernels.unavailable_reason())
+    run = sorted((matrix / "runs").iterdir())[0]
+    (run / "deploy.json").unlink()
+    assert main(["deploy-bench", "--run", str(run), "--rounds", "2"]) == 2   # --data-root is required
+    assert main(["deploy-bench", "--run", str(run), "--data-root", str(matrix.parent / "data"), "--rounds", "2"]) == 0
+    doc = json.loads((run / "deploy.json").read_text())
+    assert doc["status"] == "measured" and doc["exact"]["exact"] and doc["exact"]["samples"] == 16
