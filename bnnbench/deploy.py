@@ -49,7 +49,7 @@ class PackedBinaryConv2d(nn.Module):
         self.kernel_size = tuple(layer.kernel_size)
         self.stride = _pair(layer.stride, "stride", where)
         self.padding = _pair(layer.padding, "padding", where)
-        self.isa = isa
+        self.isa, self._isa = isa, kernels.isa_index(isa)
         packed = kernels.pack_weights(form.signs)
         self.packed_shape = tuple(packed.shape)  # kept flat: .to(memory_format=...) must not permute it
         self.register_buffer("packed_weight", packed.reshape(-1))
@@ -67,7 +67,10 @@ class PackedBinaryConv2d(nn.Module):
                                  self.out_channels, self.kernel_size, self.stride, self.padding, scale, self.isa)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv(x, self.scale)
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        return kernels.binconv2d_float(x, self.packed_weight.view(self.packed_shape), self.in_channels,
+                                       self.out_channels, self.kernel_size, self.stride, self.padding, self.scale,
+                                       self._isa)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

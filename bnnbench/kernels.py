@@ -74,7 +74,7 @@ def best_isa() -> str:
     return ISAS[ext().cpu_isa()]
 
 
-def _isa_index(isa: str | None) -> int:
+def isa_index(isa: str | None) -> int:
     if isa is None or isa == "auto":
         return -1
     if isa not in ISAS:
@@ -111,7 +111,16 @@ def pack_weights(signs: Tensor) -> Tensor:
 
 def pack_activations(x: Tensor, isa: str | None = None) -> Tensor:
     """uint64 [N, H, W, ceil(C / 64)] sign bits (1 where x < 0) of a float32 NCHW tensor (made channels_last)."""
-    return ext().pack_activations(x.contiguous(memory_format=torch.channels_last), _isa_index(isa))
+    return ext().pack_activations(x.contiguous(memory_format=torch.channels_last), isa_index(isa))
+
+
+def binconv2d_float(x: Tensor, packed_w: Tensor, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                    stride: int, padding: int, scale: Tensor, isa: int = -1) -> Tensor:
+    """Sign-pack the float32 channels_last input and convolve in one call; ``scale``: float32 (C_out,)
+    contiguous; ``isa``: an index into :data:`ISAS` or -1 for the CPU's best. Returns NCHW (channels_last)."""
+    out = ext().binconv2d_float(x, packed_w, scale, in_channels, out_channels, kernel[0], kernel[1], stride,
+                                padding, isa)
+    return out.permute(0, 3, 1, 2)
 
 
 def binconv2d(packed_x: Tensor, packed_w: Tensor, in_channels: int, out_channels: int, kernel: tuple[int, int],
@@ -120,7 +129,7 @@ def binconv2d(packed_x: Tensor, packed_w: Tensor, in_channels: int, out_channels
     ``scale[o] * dot`` when ``scale`` is given, else the int32 dot products themselves."""
     s = torch.empty(0) if scale is None else scale.detach().to(torch.float32).contiguous()
     out = ext().binconv2d(packed_x, packed_w, s, in_channels, out_channels, kernel[0], kernel[1], stride, padding,
-                          _isa_index(isa))
+                          isa_index(isa))
     return out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
 
 

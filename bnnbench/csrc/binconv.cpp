@@ -96,7 +96,9 @@ template <int P>  // P output positions of one row sharing the same valid taps
 inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                        int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
   __m256i acc[P][8];
+  _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < 8; ++r) acc[p][r] = _mm256_setzero_si256();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
@@ -104,14 +106,19 @@ inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* w
       const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
       for (int64_t k = 0; k < g.wd; ++k) {
         __m256i av[P];
+        _Pragma("GCC unroll 8")
         for (int p = 0; p < P; ++p) av[p] = _mm256_set1_epi64x(static_cast<long long>(a[p * g.stride * g.wd + k]));
+        _Pragma("GCC unroll 8")
         for (int r = 0; r < 8; ++r) {
           __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kLanes + 4 * r));
+          _Pragma("GCC unroll 8")
           for (int p = 0; p < P; ++p) acc[p][r] = _mm256_add_epi64(acc[p][r], popcount_avx2(_mm256_xor_si256(av[p], wv)));
         }
       }
     }
+  _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < 8; ++r) _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts[p] + 4 * r), acc[p][r]);
 }
 #pragma GCC pop_options
@@ -123,7 +130,9 @@ template <int P>
 inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                          int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
   __m512i acc[P][4];
+  _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_setzero_si512();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
@@ -131,14 +140,19 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
       const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
       for (int64_t k = 0; k < g.wd; ++k) {
         __m512i av[P];
+        _Pragma("GCC unroll 8")
         for (int p = 0; p < P; ++p) av[p] = _mm512_set1_epi64(static_cast<long long>(a[p * g.stride * g.wd + k]));
+        _Pragma("GCC unroll 8")
         for (int r = 0; r < 4; ++r) {
           __m512i wv = _mm512_loadu_si512(w + k * kLanes + 8 * r);
+          _Pragma("GCC unroll 8")
           for (int p = 0; p < P; ++p) acc[p][r] = _mm512_add_epi64(acc[p][r], _mm512_popcnt_epi64(_mm512_xor_si512(av[p], wv)));
         }
       }
     }
+  _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < 4; ++r) _mm512_storeu_si512(counts[p] + 8 * r, acc[p][r]);
 }
 
@@ -201,6 +215,7 @@ void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt,
     for (int64_t ob = 0; ob < g.blocks; ++ob) {
       if (run4) B4(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       else B1(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
+      _Pragma("GCC unroll 8")
       for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, scale, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
     }
     ox += P;
@@ -279,8 +294,16 @@ torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale
   return out;
 }
 
+// pack_activations then binconv2d in one call (the deployed layer's forward: one crossing from Python).
+torch::Tensor binconv2d_float(torch::Tensor x, torch::Tensor wt, torch::Tensor scale, int64_t c_in, int64_t c_out,
+                              int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t isa) {
+  TORCH_CHECK(x.size(1) == c_in, "binconv2d_float: the input has ", x.size(1), " channels, the layer ", c_in);
+  return binconv2d(pack_activations(x, isa), wt, scale, c_in, c_out, kh, kw, stride, pad, isa);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &cpu_isa, "best instruction set of this CPU: 0 portable, 1 AVX2, 2 AVX-512 VPOPCNTDQ");
   m.def("pack_activations", &pack_activations, "sign bits of a channels_last float32 tensor, packed along C");
   m.def("binconv2d", &binconv2d, "XNOR-popcount convolution on packed operands");
+  m.def("binconv2d_float", &binconv2d_float, "sign-pack a channels_last float32 input, then binconv2d");
 }
