@@ -16,6 +16,7 @@ A run resumes automatically from its last good checkpoint; data order and augmen
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import platform
 import random
@@ -69,7 +70,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """The commit of the code this process runs: read once, the first time (a sweep's later runs run the
+    code the process loaded, whatever the checkout has become since)."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5)
