@@ -55,16 +55,11 @@ class PackedBinaryConv2d(nn.Module):
         self.register_buffer("packed_weight", packed.reshape(-1))
         self.register_buffer("scale", form.scale.to(torch.float32).contiguous())
 
-    def packed_input(self, x: Tensor) -> Tensor:
-        return kernels.pack_activations(x.float(), self.isa)
-
     def dot(self, x: Tensor) -> Tensor:
         """The integer conv outputs (int32) before the scale."""
-        return self._conv(x, None)
-
-    def _conv(self, x: Tensor, scale: Tensor | None) -> Tensor:
-        return kernels.binconv2d(self.packed_input(x), self.packed_weight.view(self.packed_shape), self.in_channels,
-                                 self.out_channels, self.kernel_size, self.stride, self.padding, scale, self.isa)
+        packed_x = kernels.pack_activations(x.float(), self.isa)
+        return kernels.binconv2d(packed_x, self.packed_weight.view(self.packed_shape), self.in_channels,
+                                 self.out_channels, self.kernel_size, self.stride, self.padding, None, self.isa)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float().contiguous(memory_format=torch.channels_last)

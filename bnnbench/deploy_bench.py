@@ -96,16 +96,19 @@ def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, round
             "speedup_vs_simulated": vs_sim["median"]}
 
 
-def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True) -> dict:
-    """Exactness and timings of ``model`` (eval, CPU) exported to the packed form, on the batch ``x``."""
-    model = model.cpu().eval().to(memory_format=torch.channels_last)
+def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
+            timing_batch: int | None = None) -> dict:
+    """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
+    ``model`` (eval, CPU, channels_last) exported to the packed form; per-layer timings when ``layers``."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
     packed = deploy.packed_model(model)
     x = x.cpu().float()
-    out = {"batch": x.shape[0], "input": list(x.shape[1:]), "machine": machine(),
+    timed = x[:timing_batch] if timing_batch else x
+    out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(),
            "exact": deploy.check_exact(model, packed, x).to_dict(),
-           "end_to_end": bench_end_to_end(model, packed, x, rounds, warmup)}
+           "end_to_end": bench_end_to_end(model, packed, timed, rounds, warmup)}
     if layers:
-        out["layers"] = bench_layers(model, packed, x, rounds, warmup)
+        out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
     return out
 
 
@@ -115,12 +118,7 @@ def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tenso
     1-bit, no test batch) the file says why and the run stays done."""
     from .store import atomic_write_text
     try:
-        model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-        packed = deploy.packed_model(model)
-        x = sample().cpu().float()
-        doc = {"status": "measured", "batch": 1, "input": list(x.shape[1:]), "machine": machine(),
-               "exact": deploy.check_exact(model, packed, x).to_dict(),
-               "end_to_end": bench_end_to_end(model, packed, x[:1], rounds, 3)}
+        doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1)}
     except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
         doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     atomic_write_text(run_dir / DEPLOY_FILE, json.dumps(doc, indent=1))

@@ -39,6 +39,7 @@ from .data import NORMALIZATIONS, TensorLoader, dataset_kind, imagenet_loaders, 
 from .errors import ConfigError, RunError
 from .flips import FlipTracker
 from .host import keep_freed_memory
+from .method import Method
 from .ops import count_ops
 from .optim import lr_at, make_optimizer, set_lr
 from .paths import ROOT
@@ -95,6 +96,15 @@ def checked_data(spec: RunSpec, data_root: Path):
         raise ConfigError(f"batch_size = {st.batch_size} is larger than the {len(data.train_y)} training "
                           f"images of {data.name} (recipe {spec.recipe}); lower it")
     return data
+
+
+def run_model(spec: RunSpec, num_classes: int, run_name: str) -> tuple[Method, nn.Module]:
+    """The run's method (its resolved hyperparameters) and its freshly built backbone."""
+    arch = ARCHITECTURES.get(spec.backbone)
+    method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
+                                      source=f"run config of {run_name}")
+    return method, build_model(method, arch, num_classes, options=dict(spec.backbone_options),
+                               source=f"recipe {spec.recipe}")
 
 
 def make_loaders(spec: RunSpec, device: torch.device, data_root: Path):
@@ -260,10 +270,8 @@ class Run:
         seed_everything(spec.seed)
         arch = ARCHITECTURES.get(spec.backbone)
         self.train_loader, self.test_loader, num_classes = make_loaders(spec, device, data_root)
-        self.method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
-                                               source=f"run config of {run_dir.name}")
-        self.net = build_model(self.method, arch, num_classes, options=dict(spec.backbone_options),
-                               source=f"recipe {spec.recipe}").to(device, memory_format=torch.channels_last)
+        self.method, net = run_model(spec, num_classes, run_dir.name)
+        self.net = net.to(device, memory_format=torch.channels_last)
         self.ops = count_ops(self.net, arch.input_size).as_dict()
         self.model = self._wrap(self.net)
         self.optimizer = make_optimizer(self.net, self.st, self.method)
@@ -485,10 +493,7 @@ def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = 
         raise RunError(f"{run_dir}: no checkpoint of the final epoch {spec.settings.epochs} (checkpoint.pt)")
     device = device or torch.device("cpu")
     _, test, num_classes = make_loaders(spec, device, Path(data_root))
-    arch = ARCHITECTURES.get(spec.backbone)
-    method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
-                                      source=f"run config of {rd.name}")
-    model = build_model(method, arch, num_classes, options=dict(spec.backbone_options), source=f"run {rd.name}")
+    _, model = run_model(spec, num_classes, rd.name)
     model.load_state_dict(state["model"])
     return spec, model.to(device).eval(), test
 

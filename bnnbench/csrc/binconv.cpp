@@ -37,6 +37,16 @@ inline void tap_range(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t
   if (hi < lo) hi = lo;
 }
 
+// The packed activation words under tap (ky, kx) of output (n, oy, ox), and the weight block of that tap.
+inline const uint64_t* act_at(const Geometry& g, const uint64_t* act, int64_t n, int64_t oy, int64_t ox, int64_t ky,
+                              int64_t kx) {
+  return act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
+}
+
+inline const uint64_t* wt_at(const Geometry& g, const uint64_t* wt, int64_t ob, int64_t ky, int64_t kx) {
+  return wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+}
+
 // Writes one output position's 32 lanes of one block: int32 dot products, or scale * dot as float.
 inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const float* scale,
                   float* outf, int32_t* outi, int64_t pos) {
@@ -61,8 +71,8 @@ void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* w
       int64_t counts[kLanes] = {0};
       for (int64_t ky = ylo; ky < yhi; ++ky)
         for (int64_t kx = xlo; kx < xhi; ++kx) {
-          const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
-          const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+          const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
+          const uint64_t* w = wt_at(g, wt, ob, ky, kx);
           for (int64_t k = 0; k < g.wd; ++k)
             for (int l = 0; l < kLanes; ++l) counts[l] += __builtin_popcountll(a[k] ^ w[k * kLanes + l]);
         }
@@ -92,6 +102,8 @@ inline __m256i popcount_avx2(__m256i v) {  // 4 x 64-bit popcounts: nibble table
   return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
+// block_avx2 and block_avx512 have the same loop shape; each lives in its own target region (a template
+// shared by both would carry the target options of the place it is defined, not those of its intrinsics).
 template <int P>  // P output positions of one row sharing the same valid taps
 inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                        int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
@@ -102,8 +114,8 @@ inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* w
     for (int r = 0; r < 8; ++r) acc[p][r] = _mm256_setzero_si256();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
-      const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
-      const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+      const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
+      const uint64_t* w = wt_at(g, wt, ob, ky, kx);
       for (int64_t k = 0; k < g.wd; ++k) {
         __m256i av[P];
         _Pragma("GCC unroll 8")
@@ -136,8 +148,8 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
     for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_setzero_si512();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
-      const uint64_t* a = act + ((n * g.h + oy * g.stride - g.pad + ky) * g.w + ox * g.stride - g.pad + kx) * g.wd;
-      const uint64_t* w = wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+      const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
+      const uint64_t* w = wt_at(g, wt, ob, ky, kx);
       for (int64_t k = 0; k < g.wd; ++k) {
         __m512i av[P];
         _Pragma("GCC unroll 8")
