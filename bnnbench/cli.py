@@ -74,6 +74,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
     p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--deterministic", action="store_true",
+                   help="reproducible GPU numerics (no TF32, no cuDNN autotuning, deterministic algorithms, no "
+                        "torch.compile); the same as --set deterministic=true, part of the runs' identity")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="load a third-party method/architecture plugin (repeatable)")
@@ -168,7 +171,10 @@ def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
         train[key] = value
     if args.epochs is not None:
         train["epochs"] = args.epochs
-    flags = " and ".join(f for f, used in (("--set", sets), ("--epochs", args.epochs is not None)) if used)
+    if getattr(args, "deterministic", False):
+        train["deterministic"] = True
+    flags = " and ".join(f for f, used in (("--set", sets), ("--epochs", args.epochs is not None),
+                                           ("--deterministic", getattr(args, "deterministic", False))) if used)
     where = f"{flags} on recipe {recipe.path}" if flags else f"recipe {recipe.path}"
     hparams = train.pop("method_hparams")          # this method's own mapping, validated by the Method
     train = {**check_train(train, where, partial=False), "method_hparams": hparams}

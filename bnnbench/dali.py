@@ -1,10 +1,17 @@
 """NVIDIA DALI ImageNet pipeline (optional extra: ``pip install 'bnnbench[dali]'``).
 
-Selected with the recipe key ``loader: dali``. Train: file reader with per-epoch shuffling, JPEG decoding
+Selected with the recipe key ``loader: dali``. Train: file reader over this epoch's order, JPEG decoding
 (on the GPU when one is used, DALI's CPU operators otherwise), random resized crop to 224 with area in
 [0.08, 1] and aspect ratio in [3/4, 4/3], random horizontal flip and ImageNet normalisation. Val: resize
 the shorter side to 256, centre crop 224. Labels follow the sorted class-folder names, the same class
-indices as torchvision's ImageFolder.
+indices as torchvision's ImageFolder. Batches come NHWC in memory, as a channels_last NCHW tensor (the
+layout the trainer's model uses: no layout change per step).
+
+Order: the epoch's permutation is drawn from (seed, epoch), as for the other loaders, and each rank reads
+its share of every global batch; the reader is given that file list, so resuming at step s starts reading
+at the s-th batch (nothing is decoded and discarded) and the images come in the same order as in an
+uninterrupted epoch. The random crops and flips of a resumed epoch are drawn afresh (DALI's random state
+is not checkpointed).
 
 Differences from the torchvision path (and from the ReCU/OvSW recipes): DALI's random_area cannot exceed 1,
 so the 1.25 upper bound of the recipes becomes 1.0, and no PCA lighting is applied. The ReCU authors report
@@ -29,20 +36,26 @@ def _require():
                           "(nvidia-dali-cuda130, or the wheel matching your CUDA)") from None
 
 
-def build_pipeline(root: Path, batch_size: int, *, train: bool, seed: int, device_id: int | None,
-                   threads: int = 4, shard: tuple[int, int] = (0, 1), size: int = 224, shuffle: bool | None = None):
-    """A DALI pipeline yielding (images float CHW normalised, labels int) for one shard of ``root``."""
+def listing(root: Path) -> tuple[list[str], list[int]]:
+    """(files, labels) of an ImageFolder root in torchvision's order (sorted classes, sorted files)."""
+    from torchvision.datasets import ImageFolder
+    samples = ImageFolder(str(root)).samples
+    return [f for f, _ in samples], [c for _, c in samples]
+
+
+def build_pipeline(files: list[str], labels: list[int], batch_size: int, *, train: bool, seed: int,
+                   device_id: int | None, threads: int = 4, size: int = 224):
+    """A DALI pipeline reading ``files`` in the given order, yielding (images float HWC normalised, labels)."""
     _require()
     from nvidia.dali import fn, pipeline_def, types
     mean = [255 * m for m in IMAGENET_MEAN]
     std = [255 * s for s in IMAGENET_STD]
     decoder_device = "mixed" if device_id is not None else "cpu"
-    shuffle = train if shuffle is None else shuffle
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed)
     def pipe():
-        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=shuffle, shard_id=shard[0],
-                                        num_shards=shard[1], name="Reader", seed=seed, pad_last_batch=not train)
+        jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="Reader",
+                                       pad_last_batch=False)
         images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB)
         if train:
             images = fn.random_resized_crop(images, size=size, random_area=[0.08, 1.0],
@@ -52,8 +65,8 @@ def build_pipeline(root: Path, batch_size: int, *, train: bool, seed: int, devic
             images = fn.resize(images, resize_shorter=int(size * 256 / 224))
             mirror = 0
         images = fn.crop_mirror_normalize(images, crop=(size, size), mean=mean, std=std, mirror=mirror,
-                                          dtype=types.FLOAT, output_layout="CHW")
-        return images, labels
+                                          dtype=types.FLOAT, output_layout="HWC")
+        return images, label
 
     p = pipe()
     p.build()
@@ -61,35 +74,48 @@ def build_pipeline(root: Path, batch_size: int, *, train: bool, seed: int, devic
 
 
 class DaliLoader:
-    """Iterator over a DALI pipeline with the TensorLoader/FolderLoader interface."""
+    """A :class:`~bnnbench.data.BatchLoader` over DALI pipelines: one per epoch (or resumed epoch)."""
 
     def __init__(self, root: Path, batch_size: int, *, train: bool, seed: int, device: torch.device,
-                 workers: int = 4, shard: tuple[int, int] = (0, 1)):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-        device_id = device.index or 0 if device.type == "cuda" else None
-        self.device = device
-        self.pipe = build_pipeline(root, batch_size, train=train, seed=seed, device_id=device_id,
-                                   threads=max(1, workers), shard=shard)
-        self.it = DALIGenericIterator([self.pipe], ["x", "y"], reader_name="Reader", auto_reset=True,
-                                      last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
-        n = self.pipe.epoch_size("Reader") // shard[1]
-        self._len = n // batch_size if train else -(-n // batch_size)
-        self.channels_last = False
+                 workers: int = 4, shard: tuple[int, int] = (0, 1), size: int = 224):
+        _require()
+        self.files, self.labels = listing(Path(root))
+        self.batch_size, self.train, self.seed, self.device, self.size = batch_size, train, seed, device, size
+        self.device_id = (device.index or 0) if device.type == "cuda" else None
+        self.threads, (self.rank, self.world) = max(1, workers), shard
+        self.epoch = 0
+        if train and len(self.files) < batch_size * self.world:
+            raise ConfigError(f"{root}: {len(self.files)} images are fewer than one global batch "
+                              f"({batch_size} x {self.world} processes)")
 
-    def set_epoch(self, epoch: int) -> None:  # DALI reshuffles itself every epoch
-        pass
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """This rank's image indices for the epoch, in reading order."""
+        n = len(self.files)
+        if not self.train:
+            return list(range(self.rank, n, self.world))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        used = n // (self.batch_size * self.world) * self.batch_size * self.world   # full global batches
+        return perm[self.rank:used:self.world].tolist()
 
     def __len__(self) -> int:
-        return self._len
+        return -(-len(self.order()) // self.batch_size)
 
     def __iter__(self):
         return self.iter_from(0)
 
     def iter_from(self, start: int):
-        for i, batch in enumerate(self.it):
-            if i < start:
-                continue
-            x = batch[0]["x"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        idx = self.order()[start * self.batch_size:]
+        if not idx:
+            return
+        pipe = build_pipeline([self.files[i] for i in idx], [self.labels[i] for i in idx], self.batch_size,
+                              train=self.train, seed=(self.seed * 1_000_003 + self.epoch * 1_009 + start) % 2**31,
+                              device_id=self.device_id, threads=self.threads, size=self.size)
+        it = DALIGenericIterator([pipe], ["x", "y"], reader_name="Reader", auto_reset=False,
+                                 last_batch_policy=LastBatchPolicy.PARTIAL)
+        for batch in it:
+            x = batch[0]["x"].to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory, NCHW view
             yield x, batch[0]["y"].squeeze(-1).long().to(self.device, non_blocking=True)

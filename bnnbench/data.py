@@ -235,38 +235,41 @@ def draw_augment(n: int, pad: int, flip: bool, gen: torch.Generator) -> tuple[Te
     return oy, ox, fl
 
 
-def crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, fl: Tensor) -> Tensor:
+def crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, fl: Tensor | None) -> Tensor:
     """Random crop with ``pad`` zero padding and horizontal flip of a whole batch (N, C, H, W).
 
-    ``oy``/``ox`` are each image's crop offsets into the padded image, ``fl`` its flip decision; the
-    crop is one gather on the batch's device.
+    ``oy``/``ox`` are each image's crop offsets into the padded image, ``fl`` its flip decision (None: no
+    flipping), all on the batch's device: the crop is one gather there and nothing is copied from the host
+    or read back (no synchronisation with the device).
     """
     n, c, h, w = x.shape
     if pad > 0:
-        oy, ox = oy.to(x.device), ox.to(x.device)
         padded = F.pad(x, (pad, pad, pad, pad))
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         idx_n = torch.arange(n, device=x.device)[:, None, None, None]
         idx_c = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[idx_n, idx_c, rows, cols]
-    if fl.any():
-        x = torch.where(fl.to(x.device)[:, None, None, None], x.flip(3), x)
+    if fl is not None:
+        x = torch.where(fl[:, None, None, None], x.flip(3), x)
     return x
 
 
 class TensorLoader:
     """Batches of a uint8 image tensor: shuffle, augment and normalise on the device.
 
-    Iteration order and augmentation depend only on (seed, epoch): call :meth:`set_epoch` before each
-    epoch. ``shard=(rank, world)`` serves one rank's share of every batch for distributed training.
+    On an accelerator the images live on it; the epoch's order and augmentation parameters are drawn on
+    the host from a seeded generator and copied to the device once per epoch, so a batch issues no
+    host-to-device copy and no synchronisation. Iteration order and augmentation depend only on
+    (seed, epoch): call :meth:`set_epoch` before each epoch. ``shard=(rank, world)`` serves one rank's
+    share of every batch for distributed training.
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, drop_last: bool,
                  mean, std, device: torch.device, seed: int = 0, crop_pad: int = 0, flip: bool = False,
                  channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
-        keep_on_device = self.device.type == "cuda"
+        keep_on_device = self.device.type != "cpu"
         self.x = x.to(self.device) if keep_on_device else x
         self.y = y.to(self.device) if keep_on_device else y
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
@@ -297,8 +300,8 @@ class TensorLoader:
         n = self.num_samples
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         augment = self.crop_pad > 0 or self.flip
-        if augment:
-            oy, ox, fl = draw_augment(n, self.crop_pad, self.flip, gen)
+        if augment:  # the whole epoch's parameters, copied to the device once
+            oy, ox, fl = (t.to(self.device) for t in draw_augment(n, self.crop_pad, self.flip, gen))
         order_dev = order.to(self.x.device)
         for i in range(start, len(self)):
             sl = slice(i * self.batch_size + self.rank, (i + 1) * self.batch_size, self.world)
@@ -306,7 +309,7 @@ class TensorLoader:
             xb = self.x[idx].to(self.device, non_blocking=True)
             yb = self.y[idx].to(self.device, non_blocking=True)
             if augment:
-                xb = crop_flip(xb, self.crop_pad, oy[sl], ox[sl], fl[sl])
+                xb = crop_flip(xb, self.crop_pad, oy[sl], ox[sl], fl[sl] if self.flip else None)
             xb = (xb.float() - self.mean) / self.std
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

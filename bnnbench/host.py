@@ -48,3 +48,54 @@ def keep_freed_memory() -> bool:
             applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
                                                                                         TRIM_THRESHOLD))
     return applied
+
+
+# --- peak memory of one run ---------------------------------------------------------------------------------
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def reset_peak_memory(device) -> str:
+    """Start measuring a run's peak memory on ``device``; returns the scope the later
+    :func:`peak_memory` reading will have: ``"run"``, or ``"process"`` where the peak cannot be reset.
+
+    CUDA: ``torch.cuda.reset_peak_memory_stats``. CPU (Linux): freed heap memory kept from earlier runs is
+    returned to the kernel (``malloc_trim``) and the resident-set high-water mark is reset (writing 5 to
+    ``/proc/self/clear_refs``), so the reading is this run's peak resident memory, not the sweep's.
+    """
+    if device.type == "cuda":
+        import torch
+        torch.cuda.reset_peak_memory_stats(device)
+        return "run"
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "run"
+    except OSError:
+        return "process"
+
+
+def peak_memory(device) -> int:
+    """Peak bytes since :func:`reset_peak_memory`: CUDA allocated memory, or the CPU resident set (VmHWM;
+    ``getrusage``'s lifetime maximum where /proc is absent)."""
+    if device.type == "cuda":
+        import torch
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import platform
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024))

@@ -43,6 +43,9 @@ class BinaryConv2d(nn.Conv2d):
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode)
         #: the method's resolved hyperparameters (every key present, values of the declared types)
         self.hparams = dict(hparams or {})
+        #: [binary inputs exactly 0, binary inputs seen] since the last :func:`take_sign0_counts`; sign(0) = 0
+        #: is a third value a 1-bit kernel cannot represent (rare in fp32, common under bf16 autocast)
+        self.register_buffer("sign0", torch.zeros(2, dtype=torch.int64), persistent=False)
 
     # --- the three pieces a method supplies -------------------------------------------------------------
     def binarize_input(self, x: Tensor) -> Tensor:
@@ -107,7 +110,8 @@ class BinaryConv2d(nn.Conv2d):
 
     def _eval_weights(self) -> tuple[Tensor, Tensor] | None:
         """:meth:`signs_and_scale`, cached until a parameter or buffer of this layer changes."""
-        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        state = (*self.parameters(), *(b for n, b in self.named_buffers() if n != "sign0"))
+        key = tuple((t.data_ptr(), t._version) for t in state)
         cache = self.__dict__.get("_eval_cache")
         if cache is None or cache[0] != key:
             cache = (key, self.signs_and_scale())
@@ -115,18 +119,26 @@ class BinaryConv2d(nn.Conv2d):
         return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training and not torch.is_grad_enabled():
+        if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the scale
+            # (eager only: the cache and the representability check are host logic; a compiled model
+            # evaluates with the training formula below, equal to float rounding)
             form = self._eval_weights()
             if form is not None:
-                out = self._conv_forward(self.binarize_input(x), form[0].to(x.dtype), None)
+                out = self._conv_forward(self._counted(self.binarize_input(x)), form[0].to(x.dtype), None)
                 out = out * form[1].to(out.dtype).view(1, -1, 1, 1)
                 return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
         wb = self.binarize_weight(self.weight)
         scale = self.output_scale()
         if scale is not None:  # conv(x, W) * a_c == conv(x, a_c W): scaling the small weight is cheaper
             wb = wb * scale.reshape(-1, *([1] * (wb.dim() - 1)))
-        return self._conv_forward(self.binarize_input(x), wb, self.bias)
+        return self._conv_forward(self._counted(self.binarize_input(x)), wb, self.bias)
+
+    def _counted(self, xb: Tensor) -> Tensor:
+        """``xb``, after adding its exact zeros and its size to :attr:`sign0` (on the device, no sync)."""
+        self.sign0[0] += xb.numel() - torch.count_nonzero(xb)
+        self.sign0[1] += xb.numel()
+        return xb
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", binary={type(self).__name__}"
@@ -135,3 +147,24 @@ class BinaryConv2d(nn.Conv2d):
 def binary_layers(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:
     """All binary convolutions of ``model`` in module order, with their qualified names."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
+
+
+def take_sign0_counts(model: nn.Module) -> tuple[int, int]:
+    """(exact zeros, elements) among the binary convs' binarised inputs since the last call, summed over
+    the layers (and over the ranks under DDP); the counters restart at 0. One host read."""
+    from . import distributed as ddp
+    layers = [m for _, m in binary_layers(model)]
+    if not layers:
+        return 0, 0
+    total = torch.stack([m.sign0 for m in layers]).sum(dim=0)
+    for m in layers:
+        m.sign0.zero_()
+    zeros, seen = ddp.all_reduce_sum(total).tolist()
+    return int(zeros), int(seen)
+
+
+def shift(x: Tensor, beta: Tensor) -> Tensor:
+    """``x - beta`` in ``x``'s dtype: a learnable threshold (an fp32 parameter) applied to a bf16/fp16
+    activation under autocast would otherwise promote the activation to fp32 and double its memory; the
+    gradient still reaches ``beta`` in fp32."""
+    return x - beta.to(x.dtype)

@@ -70,7 +70,10 @@ TRAIN_FIELDS: dict[str, tuple[tuple[type, ...], Any, Any, str]] = {
     "lr_gamma": (NUM, 0.1, _POS, "step schedule factor"),
     "label_smoothing": (NUM, 0.0, _PROB, "label smoothing of the training loss"),
     "amp": ((bool,), True, None, "mixed precision on CUDA (ignored on CPU)"),
-    "compile": ((bool,), False, None, "torch.compile the model on CUDA (ignored on CPU)"),
+    "compile": ((bool,), False, None, "torch.compile the model on CUDA (ignored on CPU); training then drops "
+                "the epoch's last incomplete batch, on every device, so every step has one shape"),
+    "deterministic": ((bool,), False, None, "reproducible GPU numerics: no TF32, no cuDNN autotuning, "
+                      "deterministic algorithms, no torch.compile (see bnnbench/numerics.py)"),
     "augment": ((str,), "cifar", _choice("cifar", "crop", "imagenet", "none"),
                 "cifar: random crop (pad 4) + horizontal flip on tensors; crop: the crop only (digits); "
                 "imagenet: RandomResizedCrop(224, scale 0.08-1.25) + flip + lighting 0.1; none"),

@@ -29,6 +29,9 @@ from .recipes import TRAIN_FIELDS
 SCHEMA = 2
 #: training settings that do not change the numbers and stay out of the run's identity
 UNHASHED_SETTINGS = frozenset({"eval_batch_size", "workers"})
+#: settings added after schema 2 came out: in the identity only when they differ from this default, so a
+#: run made before the setting existed keeps its hash (and is found, resumed and reused)
+LATE_SETTINGS = {"deterministic": False}
 
 TrainSettings = dataclasses.make_dataclass(
     "TrainSettings",
@@ -82,7 +85,8 @@ class RunSpec:
     download: bool = True  # not part of the identity
 
     def identity(self, with_seed: bool = True) -> dict:
-        settings = {k: v for k, v in self.settings.as_dict().items() if k not in UNHASHED_SETTINGS}
+        settings = {k: v for k, v in self.settings.as_dict().items()
+                    if k not in UNHASHED_SETTINGS and not (k in LATE_SETTINGS and v == LATE_SETTINGS[k])}
         ident = {"recipe": self.recipe, "track": self.track, "dataset": self.dataset, "backbone": self.backbone,
                  "backbone_options": dict(self.backbone_options), "method": self.method,
                  "method_hparams": dict(self.method_hparams), "settings": settings, "plugins": dict(self.plugins)}
@@ -192,6 +196,8 @@ class RunResult:
     train_time_s: float = 0.0
     images_per_s: float | None = None
     peak_memory_bytes: int = 0
+    peak_memory_scope: str = ""      # "run" (reset when the run started) or "process" (lifetime maximum)
+    numerics: Mapping[str, Any] = field(default_factory=dict)  # bnnbench/numerics.py: TF32, cuDNN, AMP, ...
     device: str = ""
     torch: str = ""
     bnnbench: str = ""

@@ -11,11 +11,24 @@ name                      backward factor g'(u)                    paper
 :func:`sign_approx`       max(0, 2 - 2|u|)                          Bi-Real Net (Liu et al., ECCV 2018)
 :func:`sign_ede`          k * t * (1 - tanh^2(t u))                 IR-Net (Qin et al., CVPR 2020)
 ========================  =======================================  =================================
+
+Mixed precision: every Function is declared with ``torch.amp.custom_fwd`` / ``custom_bwd`` (the backward
+runs under the forward's autocast state). The forward is ``sign`` in the input's dtype (exact in any
+dtype); backward factors are computed in the incoming gradient's dtype, except where low precision loses
+them: EDE's ``1 - tanh^2`` is formed in float32 (in fp16/bf16 it rounds to 0 for |t u| above ~4 and ~3)
+and the per-sample statistics of :func:`sign_approx_per_sample` are always float32 (a sum of squares over
+C*H*W overflows fp16). Gradients return in the input's dtype.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
+
+#: decorators of every autograd Function here: the backward runs under the forward's autocast state
+amp_forward = functools.partial(torch.amp.custom_fwd, device_type="cuda")
+amp_backward = functools.partial(torch.amp.custom_bwd, device_type="cuda")
 
 
 def sample_rows(x: Tensor) -> Tensor:
@@ -27,15 +40,17 @@ def sample_rows(x: Tensor) -> Tensor:
 
 
 def sample_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and unbiased variance of each sample over all its other dimensions, each shaped (N, 1, ..., 1).
+    """Mean and unbiased variance of each sample over all its other dimensions, each shaped (N, 1, ..., 1),
+    in float32 for fp16/bf16/fp32 inputs (float64 stays float64).
 
     Computed from the first two moments, var = (sum x^2 - (sum x)^2 / n) / (n - 1), which on CPUs is several
     times faster than ``torch.var`` (same value to float rounding; gradient 2 (x - mean) / (n - 1)).
     """
     f = sample_rows(x)
     n = f.shape[1]
-    s1 = f.sum(dim=1)
-    s2 = torch.linalg.vector_norm(f, dim=1) ** 2
+    dt = torch.promote_types(x.dtype, torch.float32)   # at least float32: sum x^2 overflows fp16
+    s1 = f.sum(dim=1, dtype=dt)
+    s2 = torch.linalg.vector_norm(f, dim=1, dtype=dt) ** 2
     var = ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0.0)
     shape = (-1, *([1] * (x.dim() - 1)))
     return (s1 / n).view(shape), var.view(shape)
@@ -48,21 +63,25 @@ def _approx_grad_(a: Tensor, g: Tensor) -> Tensor:
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
+    @amp_forward()
     def forward(ctx, u: Tensor) -> Tensor:
         return torch.sign(u)
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor) -> Tensor:
         return g
 
 
 class _SignClipped(torch.autograd.Function):
     @staticmethod
+    @amp_forward()
     def forward(ctx, u: Tensor) -> Tensor:
         ctx.save_for_backward(u)
         return torch.sign(u)
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
         # hardtanh_backward(g, u, lo, hi) = g * 1[lo < u < hi] in one pass; with lo, hi the neighbours of -1
@@ -73,11 +92,13 @@ class _SignClipped(torch.autograd.Function):
 
 class _SignApprox(torch.autograd.Function):
     @staticmethod
+    @amp_forward()
     def forward(ctx, u: Tensor) -> Tensor:
         ctx.save_for_backward(u)
         return torch.sign(u)
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
         return _approx_grad_(u.abs().to(g.dtype), g)
@@ -85,22 +106,27 @@ class _SignApprox(torch.autograd.Function):
 
 class _SignEDE(torch.autograd.Function):
     @staticmethod
+    @amp_forward()
     def forward(ctx, u: Tensor, t: Tensor, k: Tensor) -> Tensor:
         ctx.save_for_backward(u, t, k)
         return torch.sign(u)
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor):
         u, t, k = ctx.saved_tensors
         # 1 - tanh^2(z) = 4 s (1 - s) with s = sigmoid(2 z): sigmoid and sigmoid_backward (g s (1 - s)) are
         # single passes, several times cheaper on CPUs than tanh.
-        s = torch.mul(u, 2.0 * t).sigmoid_().to(g.dtype)
-        torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=s)
-        return s.mul_(4.0 * k * t), None, None
+        # Formed in at least float32 (fp16/bf16 round the tail to 0), returned in g's dtype.
+        dt = torch.promote_types(u.dtype, torch.float32)
+        s = torch.mul(u.to(dt), 2.0 * t.to(dt)).sigmoid_()
+        torch.ops.aten.sigmoid_backward.grad_input(g.to(dt), s, grad_input=s)
+        return s.mul_(4.0 * k.to(dt) * t.to(dt)).to(g.dtype), None, None
 
 
 class _SignApproxPerSample(torch.autograd.Function):
     @staticmethod
+    @amp_forward()
     def forward(ctx, x: Tensor, eps: float, through_std: bool) -> Tensor:
         mean, var = sample_moments(x)
         r = torch.rsqrt(var + eps)
@@ -109,17 +135,18 @@ class _SignApproxPerSample(torch.autograd.Function):
         return torch.sign(x)  # sign(x * r) == sign(x): r > 0
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor):
-        x, r, mean = ctx.saved_tensors
-        gt = _approx_grad_(torch.mul(x, r).abs_(), g)   # dL/dx~, x~ = x r
+        x, r, mean = ctx.saved_tensors           # r, mean: at least float32
+        gt = _approx_grad_(torch.mul(x, r).abs_(), g)   # dL/dx~, x~ = x r (float32 for low-precision x)
         if not ctx.through_std:
-            return gt.mul_(r), None, None
+            return gt.mul_(r).to(x.dtype), None, None
         # + (sum_i gt_i x_i) dr/dx with dr/dx = -r^3 (x - mean) / (n - 1):
         # dL/dx = gt r - c x + c mean,  c = r^3 sum(gt x) / (n - 1)
         n = x[0].numel()
-        dot = sample_rows(gt * x).sum(dim=1).view_as(r)
+        dot = sample_rows(gt * x).sum(dim=1, dtype=r.dtype).view_as(r)
         c = r.pow(3).mul_(dot).div_(n - 1)
-        return gt.mul_(r).addcmul_(x, c, value=-1.0).add_(c * mean), None, None
+        return gt.mul_(r).addcmul_(x, c, value=-1.0).add_(c * mean).to(x.dtype), None, None
 
 
 def sign_ste(u: Tensor) -> Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import functools
 import math
-import platform
 import random
 import shlex
 import subprocess
@@ -32,13 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, faults
+from . import __version__, faults, numerics
 from . import distributed as ddp
 from .arch import build_model
 from .data import NORMALIZATIONS, TensorLoader, dataset_kind, imagenet_loaders, load_tensor_dataset, subset
 from .errors import ConfigError, RunError
 from .flips import FlipTracker
-from .host import keep_freed_memory
+from .host import keep_freed_memory, peak_memory, reset_peak_memory
+from .layers import binary_layers, take_sign0_counts
 from .method import Method
 from .ops import count_ops
 from .optim import lr_at, make_optimizer, set_lr
@@ -132,7 +132,7 @@ def make_loaders(spec: RunSpec, device: torch.device, data_root: Path):
     if st.augment == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
     common = dict(mean=mean, std=std, device=device, seed=spec.seed, channels_last=True, shard=shard)
-    train = TensorLoader(data.train_x, data.train_y, st.batch_size, shuffle=True, drop_last=False,
+    train = TensorLoader(data.train_x, data.train_y, st.batch_size, shuffle=True, drop_last=st.compile,
                          crop_pad=4 if st.augment in ("cifar", "crop") else 0, flip=st.augment == "cifar", **common)
     test = TensorLoader(data.test_x, data.test_y, st.eval_batch_size, shuffle=False, drop_last=False, **common)
     return train, test, data.num_classes
@@ -168,6 +168,15 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict:
                                              torch.tensor(float(n), device=device, dtype=torch.float64)]))
     loss, c1, c5, n = totals.tolist()
     return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n}
+
+
+def compiled(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` with static shapes (training drops its last incomplete batch under ``compile``;
+    evaluation compiles its last batch once) and no silent fallback: a model that recompiles past
+    dynamo's limit (e.g. a schedule kept as a Python float that changes every epoch, instead of a
+    buffer) raises instead of running eagerly from then on."""
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(model, backend=backend, dynamic=False)
 
 
 class Preempted(Exception):
@@ -218,9 +227,11 @@ PREEMPTION = PreemptionGuard()
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, scaler, method,
-               use_amp: bool, grad_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; the method's gradient edit sees unscaled (true-unit) gradients."""
-    with torch.autocast(x.device.type, enabled=use_amp):
+               use_amp: bool, grad_clip: float | None = None,
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; the method's gradient edit sees unscaled (true-unit) gradients.
+    ``amp_dtype``: autocast's dtype (default: the device's, fp16 on CUDA)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
         out = model(x)
         loss = criterion(out, y)
     optimizer.zero_grad(set_to_none=True)
@@ -267,6 +278,8 @@ class Run:
         self.progress, self.warn = progress or Progress(), warn
         self.st = spec.settings
         self.t0, self.commit = time.time(), git_commit()  # the code this process runs, read before training
+        self.memory_scope = reset_peak_memory(device)
+        self.numerics = numerics.configure(device, self.st.deterministic, self.st.amp, self.st.compile)
         seed_everything(spec.seed)
         arch = ARCHITECTURES.get(spec.backbone)
         self.train_loader, self.test_loader, num_classes = make_loaders(spec, device, data_root)
@@ -275,7 +288,7 @@ class Run:
         self.ops = count_ops(self.net, arch.input_size).as_dict()
         self.model = self._wrap(self.net)
         self.optimizer = make_optimizer(self.net, self.st, self.method)
-        self.use_amp = bool(self.st.amp) and device.type == "cuda"
+        self.use_amp = self.numerics["amp"] is not None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         self.criterion = self.method.loss(self.st)
         self.tracker = FlipTracker(self.net)
@@ -286,15 +299,13 @@ class Run:
         self.partial: dict | None = None
 
     def _wrap(self, net: nn.Module) -> nn.Module:
-        """DDP under torchrun, torch.compile on CUDA when the recipe asks; hooks and checkpoints use ``net``."""
+        """DDP under torchrun, torch.compile when ``numerics`` says so; hooks and checkpoints use ``net``."""
         model = net
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        if ddp.active():
+        if ddp.active():  # buffers: averaged (BN) or checked once per epoch, not broadcast per forward
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        if self.st.compile and self.device.type == "cuda":
-            model = torch.compile(model)
+            model = nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        if self.numerics["compile"]:
+            model = compiled(model)
         return model
 
     # --- checkpoints ---------------------------------------------------------------------------------------
@@ -340,8 +351,12 @@ class Run:
     def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:
         """(first step, time already spent, sums) of ``epoch``: from the mid-epoch checkpoint, or fresh."""
         p, self.partial = self.partial, None
+        take_sign0_counts(self.net)  # from here on, the epoch's training steps are counted
         if p is not None and p["epoch"] == epoch:
             keep = 1 if self.main else 0  # sums are global: counted once, on rank 0
+            if keep and p.get("sign0"):
+                first = binary_layers(self.net)[0][1]
+                first.sign0 += torch.tensor(p["sign0"], device=first.sign0.device)
             return p["step"], p["epoch_time"], EpochSums(self.device, keep * p["loss_sum"], keep * p["correct"],
                                                          keep * p["seen"])
         self.tracker.start_epoch()
@@ -349,38 +364,54 @@ class Run:
 
     def train_epoch(self, epoch: int, guard: PreemptionGuard) -> tuple[float, EpochSums, bool]:
         """Train ``epoch``: (seconds, sums, loss stayed finite). Raises :class:`Preempted` (checkpointed)."""
-        steps, per_iter = len(self.train_loader), self.st.lr_step == "iter"
+        steps = len(self.train_loader)
         self.method.on_epoch_start(self.net, epoch, self.st.epochs)
         self.train_loader.set_epoch(epoch)
         self.model.train()
         self.progress.start_epoch(epoch, self.st.epochs, steps)
         first, elapsed, sums = self._epoch_start(epoch)
-        if not per_iter:
+        if self.st.lr_step != "iter":
             set_lr(self.optimizer, lr_at(self.st, epoch))
         te = time.time()
         for i, (x, y) in enumerate(on_device(self.train_loader.iter_from(first), self.device), start=first):
-            if per_iter:
-                set_lr(self.optimizer, lr_at(self.st, epoch + i / steps, 1.0 / steps))
-            loss, out = train_step(self.model, x, y, self.criterion, self.optimizer, self.scaler, self.method,
-                                   self.use_amp, self.st.grad_clip)
-            self.tracker.step()
-            faults.point("step")
-            sums.add(loss, out, y)
-            self.progress.advance(loss)
-            if i % 50 == 49 and not torch.isfinite(ddp.all_reduce_sum(sums.loss.clone())):
+            finite, stop = self.step(epoch, i, steps, x, y, sums, guard)
+            if not finite:
                 return elapsed + time.time() - te, sums, False
-            if ddp.any_rank(guard.signum is not None, self.device) and i + 1 < steps:
+            if stop and i + 1 < steps:
                 self._preempt_mid_epoch(epoch, i + 1, elapsed + time.time() - te, sums, guard.signum)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return elapsed + time.time() - te, sums, True
 
+    def step(self, epoch: int, i: int, steps: int, x: torch.Tensor, y: torch.Tensor, sums: EpochSums,
+             guard: PreemptionGuard) -> tuple[bool, bool]:
+        """Training step ``i`` of ``steps`` in ``epoch`` on one batch: (loss still finite, preempt now). It
+        reads nothing from the device except at the periodic check (:meth:`_check`)."""
+        if self.st.lr_step == "iter":
+            set_lr(self.optimizer, lr_at(self.st, epoch + i / steps, 1.0 / steps))
+        loss, out = train_step(self.model, x, y, self.criterion, self.optimizer, self.scaler, self.method,
+                               self.use_amp, self.st.grad_clip)
+        self.tracker.step()
+        faults.point("step")
+        sums.add(loss, out, y)
+        self.progress.advance(loss)
+        return self._check(epoch * steps + i + 1, sums, guard)
+
+    def _check(self, step: int, sums: EpochSums, guard: PreemptionGuard) -> tuple[bool, bool]:
+        """(loss still finite, preempt now) after global step ``step``. Device values are read only every
+        ``ddp.CHECK_EVERY`` steps (one all-reduce under DDP); a single process sees its signal at once."""
+        signalled = guard.signum is not None
+        if step % ddp.CHECK_EVERY:
+            return True, signalled and not ddp.active()
+        return ddp.health(sums.loss, signalled)
+
     def _preempt_mid_epoch(self, epoch: int, step: int, elapsed: float, sums: EpochSums, signum: int):
         loss, correct, seen = sums.total()
+        sign0 = list(take_sign0_counts(self.net))
         if self.main:  # the epoch's partial sums over all ranks; rank 0 carries them on resume
             self.dir.save_checkpoint(self.state_dict(epoch - 1, {
                 "epoch": epoch, "step": step, "loss_sum": loss, "correct": int(correct), "seen": int(seen),
-                "epoch_time": elapsed}))
+                "epoch_time": elapsed, "sign0": sign0}))
         ddp.barrier()
         raise Preempted(f"signal {signum}: checkpointed {self.dir.name} at epoch {epoch + 1}, step {step}/"
                         f"{len(self.train_loader)}; run the same command again to resume")
@@ -389,13 +420,19 @@ class Run:
         loss, correct, seen = sums.total()
         self.train_time += seconds
         self.images += int(seen)
+        zeros, inputs = take_sign0_counts(self.net)
         return {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss / max(seen, 1),
                 "train_top1": 100.0 * correct / max(seen, 1), "epoch_time": seconds,
-                "images_per_s": seen / seconds}
+                "images_per_s": seen / seconds, "sign0_train": zeros / inputs if inputs else None}
 
     def evaluate(self) -> dict[str, Any]:
-        """Test loss / top-1 / top-5, then the epoch's flip statistics and the method's own numbers."""
+        """Test loss / top-1 / top-5, then the epoch's flip statistics and the method's own numbers.
+        Under DDP the replicas are made to agree first (BN statistics averaged, the rest checked)."""
+        ddp.average_bn_stats(self.net)
+        ddp.check_replicas(self.net, f"run {self.dir.name}")
         row = evaluate(self.model, self.test_loader, self.device, self.use_amp)
+        zeros, inputs = take_sign0_counts(self.net)
+        row["sign0_test"] = zeros / inputs if inputs else None
         flips = self.tracker.epoch_stats()
         row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
         row["flip_layers"] = flips["layers"]
@@ -436,7 +473,7 @@ class Run:
                     reason = self._fail(row, f"non-finite test loss ({row['test_loss']}) in epoch {epoch + 1}")
                     break
                 self._end_epoch(epoch, row)
-                if guard.signum is not None and epoch + 1 < self.st.epochs:
+                if ddp.any_rank(guard.signum is not None, self.device) and epoch + 1 < self.st.epochs:
                     raise Preempted(f"signal {guard.signum}: checkpointed {self.dir.name} after epoch "
                                     f"{epoch + 1}; run the same command again to resume")
         return self.finish(status, reason)
@@ -475,7 +512,8 @@ class Run:
             flip_any=final.get("flip_any"), flip_net=final.get("flip_net"), net_change=final.get("net_change"),
             wall_time_s=time.time() - self.t0, train_time_s=self.train_time,
             images_per_s=self.images / self.train_time if self.train_time else None,
-            peak_memory_bytes=peak_memory(self.device), device=device_name(self.device), torch=torch.__version__,
+            peak_memory_bytes=peak_memory(self.device), peak_memory_scope=self.memory_scope,
+            numerics=dict(self.numerics), device=device_name(self.device), torch=torch.__version__,
             bnnbench=__version__, git_commit=self.commit, ops=self.ops,
             processes=ddp.world_size() if ddp.active() else 1, keep_freed_memory=self.kept_memory,
             plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest(), command=shlex.join(sys.argv))
@@ -496,13 +534,6 @@ def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = 
     _, model = run_model(spec, num_classes, rd.name)
     model.load_state_dict(state["model"])
     return spec, model.to(device).eval(), test
-
-
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024))
 
 
 def device_name(device: torch.device) -> str:
@@ -562,4 +593,9 @@ def describe_exception(exc: BaseException) -> str:
     where = f" (at {frame.filename}:{frame.lineno}, in {frame.name})" if frame else ""
     if isinstance(exc, SystemExit):
         return f"the run called sys.exit({exc.code!r}){where}"
+    if type(exc).__name__ == "FailOnRecompileLimitHit":
+        return (f"torch.compile recompiled the model more than torch._dynamo.config.recompile_limit times "
+                f"(compile: true){where}: a value the forward pass reads changes between steps as a Python number "
+                f"(keep schedules in buffers, set with tensor.fill_; see README, Plugin API), or rerun with "
+                f"compile: false")
     return f"{type(exc).__name__}: {exc}{where}"

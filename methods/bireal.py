@@ -21,18 +21,20 @@ from torch import Tensor
 
 from bnnbench.layers import FILTER_DIMS, BinaryConv2d
 from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_approx
+from bnnbench.surrogates import amp_backward, amp_forward, sign_approx
 
 
 class _MagnitudeSign(torch.autograd.Function):
     """forward alpha * sign(w); backward g * 1[|w| <= 1] (gradient of clamp(w, -1, 1); alpha gets none)."""
 
     @staticmethod
+    @amp_forward()
     def forward(ctx, w: Tensor, alpha: Tensor) -> Tensor:
         ctx.save_for_backward(w)
         return alpha * torch.sign(w)
 
     @staticmethod
+    @amp_backward()
     def backward(ctx, g: Tensor):
         (w,) = ctx.saved_tensors
         return g * (w.abs() <= 1).to(g.dtype), None

@@ -42,6 +42,33 @@ def test_loader_order_depends_only_on_seed_and_epoch():
                                   for p, q in zip(full[2:], rest))
 
 
+def test_device_loader_copies_from_the_host_once_per_epoch_not_per_batch():
+    """On an accelerator a batch issues no host-to-device copy and reads nothing back (the meta device
+    stands in for CUDA: it has device tensors and no data, and any host read of one raises)."""
+    from bnnbench.transfers import TransferCounter
+    x = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    loader = TensorLoader(x, torch.arange(64), 8, shuffle=True, drop_last=False, mean=(0.5,) * 3,
+                          std=(0.25,) * 3, device="meta", seed=1, crop_pad=2, flip=True, channels_last=True)
+    loader.set_epoch(0)
+    batches = iter(loader)
+    with TransferCounter() as first:
+        xb, yb = next(batches)
+    assert xb.device.type == "meta" and xb.shape == (8, 3, 8, 8) and yb.device.type == "meta"
+    assert 1 <= first.h2d <= 4 and first.d2h == 0, first.ops   # the epoch's order and crop/flip parameters
+    with TransferCounter() as rest:
+        assert len(list(batches)) == 7
+    assert rest.h2d == 0 and rest.d2h == 0, rest.ops
+
+
+def test_transfer_counter_sees_copies_and_host_reads():
+    from bnnbench.transfers import TransferCounter
+    with TransferCounter() as t:
+        a = torch.ones(3).to("meta")
+        b = a * torch.tensor(2.0)          # a 0-dim CPU operand is a scalar, not a copy
+        a.copy_(torch.zeros(3))
+    assert t.h2d == 2 and t.d2h == 0 and b.device.type == "meta", t.ops
+
+
 def test_digits_is_embedded():
     d = load_tensor_dataset("digits", "/nonexistent")
     assert d.train_x.shape == (1437, 3, 32, 32) and d.test_x.shape == (360, 3, 32, 32)

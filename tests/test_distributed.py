@@ -106,7 +106,7 @@ def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
     plugin = tmp_path / "nobn_arch.py"
     plugin.write_text(NOBN_ARCH)
     recipe = tmp_path / "nobn.yaml"
-    recipe.write_text(RECIPE.replace("epochs: 1, batch_size: 50, train_subset: 50", "epochs: 6, batch_size: 50"))
+    recipe.write_text(RECIPE.replace("epochs: 1, batch_size: 50, train_subset: 50", "epochs: 2, batch_size: 10"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
     def cmd(out):
@@ -115,16 +115,16 @@ def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
                 "--data-root", str(data), "--device", "cpu", "--out", str(out)]
     ref = subprocess.run(cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stdout + ref.stderr
-    # like Slurm, every process of the job gets SIGTERM: each rank sends it to itself at its 12th step
-    # (epoch 2, step 4 of 8), placed by progress (bnnbench/faults.py), not by time
+    # like Slurm, every process of the job gets SIGTERM: each rank sends it to itself at its 12th step (of
+    # 40 per epoch), placed by progress (bnnbench/faults.py), not by time; the ranks agree to stop at the
+    # next check of the preemption flag, step 25 (distributed.CHECK_EVERY)
     faulty = {**env, "BNNBENCH_FAULT": "step:12:SIGTERM"}
     p = subprocess.run(cmd(tmp_path / "pre"), cwd=ROOT, env=faulty, capture_output=True, text=True, timeout=600)
     log = p.stdout + p.stderr
-    (metrics,) = (tmp_path / "pre" / "runs").glob("*/metrics.jsonl")
-    assert "checkpointed" in log and "at epoch 2, step 4/8" in log, log
-    d = metrics.parent
+    (d,) = (tmp_path / "pre" / "runs").iterdir()
+    assert "checkpointed" in log and "at epoch 1, step 25/40" in log, log
     assert p.returncode != 0 and "preempted" in log, log
-    assert not RunDir(d).is_done() and len(RunDir(d).read_metrics()) == 1
+    assert not RunDir(d).is_done() and len(RunDir(d).read_metrics()) == 0
     again = subprocess.run(cmd(tmp_path / "pre"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     (r,) = (tmp_path / "ref" / "runs").iterdir()
@@ -135,3 +135,50 @@ def test_torchrun_preempted_run_resumes_to_the_same_weights(tmp_path):
     ma = [{k: v for k, v in m.items() if k not in strip} for m in RunDir(r).read_metrics()]
     mb = [{k: v for k, v in m.items() if k not in strip} for m in RunDir(d).read_metrics()]
     assert ma == mb
+
+
+def _replica_worker(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from bnnbench import distributed as ddp
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        torch.manual_seed(0)
+        net[0].reset_parameters()
+        net[1].running_mean.fill_(float(rank))          # per-rank statistics: averaged, not an error
+        net[1].running_var.fill_(1.0 + 2 * rank)
+        ddp.average_bn_stats(net)
+        ddp.check_replicas(net, "same")
+        result = {"mean": net[1].running_mean.tolist(), "var": net[1].running_var.tolist()}
+        net.register_buffer("tracker", torch.full((3,), float(rank)))   # diverging per-rank state
+        try:
+            ddp.check_replicas(net, "run X")
+        except RuntimeError as exc:
+            result["error"] = str(exc)
+        out.put((rank, result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replicas_average_bn_statistics_and_refuse_diverging_buffers():
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_replica_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for r in (0, 1):
+        assert results[r]["mean"] == [0.5, 0.5] and results[r]["var"] == [2.0, 2.0]
+    assert "'tracker' differs between rank 0 and rank 1" in results[1]["error"]
+    assert "run X" in results[1]["error"] and "broadcast_buffers=False" in results[1]["error"]

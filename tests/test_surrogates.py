@@ -112,3 +112,48 @@ def test_per_sample_statistics_and_gradient_do_not_depend_on_memory_layout(layou
     std = torch.sqrt(xb.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
     (gr,) = torch.autograd.grad(sign_approx(xb / std), xb, g)
     assert torch.allclose(gx, gr, rtol=1e-10, atol=1e-12)
+
+
+def test_binarizers_in_fp16_and_bf16_match_fp32():
+    """Every surrogate and every registered method's input binarizer: exact signs, gradients equal to
+    float32's rounded to the low dtype, nothing lost to 0 and nothing overflowing (bnnbench/precision.py)."""
+    from bnnbench.precision import compare
+    results = compare("cpu")
+    assert {r.dtype for r in results} == {"float16", "bfloat16"}
+    assert {"sign_ede[t=10]", "sign_approx_per_sample", "ovsw.binarize_input"} <= {r.name for r in results}
+    bad = [r for r in results if not r.ok]
+    assert not bad, bad
+
+
+def test_per_sample_statistics_are_float32_for_low_precision_inputs():
+    from bnnbench.surrogates import sample_moments
+    x = (torch.randn(2, 64, 16, 16) * 40).half()       # sum x^2 per sample ~ 2.6e7, beyond fp16's 65504
+    mean, var = sample_moments(x)
+    assert mean.dtype == var.dtype == torch.float32 and torch.isfinite(var).all()
+    ref = x.double().flatten(1).var(dim=1)
+    assert torch.allclose(var.flatten().double(), ref, rtol=1e-4)
+
+
+def test_shift_keeps_the_activation_dtype_and_trains_the_threshold():
+    from bnnbench.layers import shift
+    x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)
+    beta = torch.nn.Parameter(torch.full((1, 4, 1, 1), 0.25))
+    y = shift(x, beta)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, x - beta.detach().to(torch.bfloat16))
+    y.float().sum().backward()
+    assert beta.grad.dtype == torch.float32 and torch.equal(beta.grad, torch.full_like(beta, -18.0))
+    assert (x - beta).dtype == torch.float32     # what shift avoids: promotion, twice the memory
+
+
+def test_binary_conv_counts_exact_zero_inputs():
+    from bnnbench.layers import BinaryConv2d, take_sign0_counts
+    conv = torch.nn.Sequential(BinaryConv2d(2, 3, 3, padding=1), BinaryConv2d(3, 3, 1))
+    x = torch.randn(2, 2, 4, 4)
+    x[0, 0, :2, :2] = 0.0                              # 4 exact zeros in the first layer's input
+    conv(x)
+    zeros, seen = take_sign0_counts(conv)
+    first_out = conv[0](x)
+    assert zeros == 4 + int((first_out == 0).sum()) and seen == 2 * 2 * 16 + 2 * 3 * 16
+    take_sign0_counts(conv)
+    assert take_sign0_counts(conv) == (0, 0)           # the counters restart after each call
+    assert "sign0" not in conv.state_dict().keys() and "0.sign0" not in conv.state_dict()
