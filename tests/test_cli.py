@@ -47,8 +47,12 @@ def test_end_to_end_skip_force_and_report(setup):
         for key in ("best_top1", "final_top5", "wall_time_s", "images_per_s", "peak_memory_bytes", "device",
                     "torch", "git_commit", "silent"):
             assert key in res
+        assert res["peak_memory_scope"] == "run" and res["numerics"]["deterministic"] is False
+        assert res["numerics"]["amp"] is None and res["numerics"]["compile"] is False   # CPU
         lines = (d / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+        rows = [json.loads(x) for x in lines]
+        assert [r["epoch"] for r in rows] == [0, 1, 2]
+        assert all(0 <= r["sign0_train"] < 1e-3 and 0 <= r["sign0_test"] < 1e-3 for r in rows)  # fp32
         assert (d / "config.yaml").exists() and (d / "checkpoint.pt").exists()
     md = (setup["out"] / "leaderboard.md").read_text()
     assert "| ovsw" in md and "| recu" in md
