@@ -33,12 +33,12 @@ def _warn_to(console):
 
 
 DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
-COMMANDS = ("run", "report", "bench", "deploy-bench", "list")
+COMMANDS = ("run", "report", "evaluate", "export", "bench", "deploy-bench", "list")
 
 
 def build_main_parser() -> argparse.ArgumentParser:
     """``run_bench.py COMMAND ...``; without a command, ``run`` is meant (``run_bench.py --methods ovsw recu``)."""
-    from . import bench, deploy_bench
+    from . import bench, checkpoints, deploy_bench
     p = argparse.ArgumentParser(prog="run_bench.py", description=DESCRIPTION,
                                 epilog="Without a command, 'run' is meant: run_bench.py --methods ovsw recu is "
                                        "run_bench.py run --methods ovsw recu. 'run_bench.py COMMAND --help' "
@@ -48,6 +48,12 @@ def build_main_parser() -> argparse.ArgumentParser:
                                 "leaderboard and plots (the default command)", description=DESCRIPTION))
     add_report_arguments(sub.add_parser("report", help="rebuild the leaderboard and plots from run directories",
                                         description="Rebuild the leaderboard from run directories alone."))
+    checkpoints.add_evaluate_arguments(sub.add_parser(
+        "evaluate", help="test top-1/top-5 of a finished run or a 1-bit export, next to what the run recorded",
+        description=checkpoints.__doc__.split("\n\n")[0]))
+    checkpoints.add_export_arguments(sub.add_parser(
+        "export", help="write a finished run's model with 1 bit per binary weight (bnnbench/export.py)",
+        description=checkpoints.__doc__.split("\n\n")[0]))
     bench.add_arguments(sub.add_parser("bench", help="measure training-step speed of every method against "
                                        "full precision", description=bench.__doc__.split("\n\n")[0]))
     deploy_bench.add_arguments(sub.add_parser(
@@ -392,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_main_parser().parse_args(argv)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command in ("evaluate", "export"):
+            from . import checkpoints
+            return (checkpoints.cmd_evaluate if args.command == "evaluate" else checkpoints.cmd_export)(args, console)
         if args.command == "bench":
             from .bench import run as bench_run
             return bench_run(args, console)

@@ -533,7 +533,7 @@ def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = 
     _, test, num_classes = make_loaders(spec, device, Path(data_root))
     _, model = run_model(spec, num_classes, rd.name)
     model.load_state_dict(state["model"])
-    return spec, model.to(device).eval(), test
+    return spec, model.to(device, memory_format=torch.channels_last).eval(), test  # the layout it trained in
 
 
 def device_name(device: torch.device) -> str:

@@ -1,0 +1,109 @@
+"""Checkpoint workflows: ``run_bench.py evaluate`` and ``run_bench.py export``.
+
+* ``evaluate RUN_DIR_OR_EXPORT [--data-root D] [--device cpu]``: test loss, top-1 and top-5 of a finished
+  run's final weights (``checkpoint.pt``) or of a 1-bit export (``bnnbench/export.py``), next to what the
+  run recorded for its final epoch. The evaluation is the trainer's own (same loader, same memory
+  layout, same autocast), so on the same device the figures are identical.
+* ``export RUN_DIR --out FILE``: the trained model with 1 bit per binary weight (see ``bnnbench/export.py``);
+  prints the file's size next to the float model's and the leaderboard's packed size.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .paths import default_data_root
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("path", type=Path, metavar="RUN_DIR_OR_EXPORT",
+                   help="a finished run's directory, or a file written by 'run_bench.py export'")
+    _common(p)
+    return p
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("path", type=Path, metavar="RUN_DIR", help="a finished run's directory")
+    p.add_argument("--out", type=Path, required=True, help="the export file to write (e.g. model.1bit.pt)")
+    _common(p)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="load the third-party plugin the run used first (repeatable)")
+
+
+def _load_plugins(args) -> None:
+    from .registry import ensure_builtins, load_plugin
+    ensure_builtins()
+    for spec in args.plugin:
+        load_plugin(spec)
+
+
+def _recorded(run_dir: Path) -> dict:
+    from .store import RunDir
+    rows = [r for r in RunDir(run_dir).read_metrics() if r.get("test_top1") is not None]
+    return {k: rows[-1][k] for k in ("epoch", "test_loss", "test_top1", "test_top5")} if rows else {}
+
+
+def evaluate(path: Path, data_root: Path, device: torch.device) -> tuple[dict, dict, object]:
+    """(figures now, figures the run recorded for its final epoch, spec) of a run directory or an export."""
+    from . import export
+    from .trainer import evaluate as run_eval
+    from .trainer import make_loaders, trained_model
+    if path.is_dir():
+        spec, model, test = trained_model(path, data_root, device)
+        recorded = _recorded(path)
+    elif path.is_file():
+        spec, model = export.load_exported(path)
+        model = model.to(device)
+        _, test, _ = make_loaders(spec, device, data_root)
+        recorded = export.recorded(path)
+    else:
+        raise ConfigError(f"evaluate {path}: no such run directory or export file")
+    amp = bool(spec.settings.amp) and device.type == "cuda"
+    return run_eval(model, test, device, amp), recorded, spec
+
+
+def cmd_evaluate(args, console) -> int:
+    from .trainer import resolve_device
+    _load_plugins(args)
+    now, recorded, spec = evaluate(args.path, args.data_root or default_data_root(), resolve_device(args.device))
+    console.print(f"{args.path}: {spec.method} on {spec.backbone} ({spec.dataset}), seed {spec.seed}")
+    console.print(f"  test top-1 {now['test_top1']:.2f}  top-5 {now['test_top5']:.2f}  loss {now['test_loss']:.4f}")
+    if recorded:
+        same = all(now[k] == recorded[k] for k in ("test_top1", "test_top5"))
+        console.print(f"  recorded at epoch {recorded['epoch'] + 1}: top-1 {recorded['test_top1']:.2f}  top-5 "
+                      f"{recorded['test_top5']:.2f}  loss {recorded['test_loss']:.4f}  "
+                      + ("(identical)" if same else "[yellow](differs: another device, layout or data?)[/yellow]"))
+    return 0
+
+
+def cmd_export(args, console) -> int:
+    from . import export
+    from .ops import count_ops
+    from .registry import ARCHITECTURES
+    from .store import RunDir
+    from .trainer import trained_model
+    _load_plugins(args)
+    if not args.path.is_dir():
+        raise ConfigError(f"export {args.path}: not a run directory")
+    spec, model, test = trained_model(args.path, args.data_root or default_data_root(), torch.device("cpu"))
+    with torch.no_grad():
+        num_classes = model(next(iter(test))[0][:1]).shape[1]
+    doc = export.export_model(model, RunDir(args.path).read_spec().to_dict(), num_classes)
+    doc["recorded"] = _recorded(args.path)
+    size = export.save(doc, args.out)
+    float_bytes = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
+    packed = count_ops(model, ARCHITECTURES.get(spec.backbone).input_size).packed_bytes
+    mib = 2 ** 20
+    console.print(f"wrote {args.out}: {size / mib:.3f} MiB ({len(doc['binary'])} binary convs at 1 bit per weight); "
+                  f"the float32 model: {float_bytes / mib:.3f} MiB ({float_bytes / size:.1f}x); the leaderboard's "
+                  f"packed size: {packed / mib:.3f} MiB")
+    return 0

@@ -1,0 +1,75 @@
+"""run_bench.py evaluate and export: a finished run's recorded figures reproduced, a 1-bit file that
+rebuilds the trained model exactly, at about the leaderboard's packed size."""
+import pytest
+import torch
+from conftest import make_recipe
+
+from bnnbench.cli import main
+from bnnbench.store import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from conftest import make_cifar
+    tmp = tmp_path_factory.mktemp("export")
+    data = make_cifar(tmp / "data")
+    recipe = make_recipe(tmp / "tiny.yaml", epochs=1)
+    out = tmp / "out"
+    assert main(["--methods", "recu", "irnet", "--recipe", str(recipe), "--data-root", str(data), "--out",
+                 str(out), "--device", "cpu"]) == 0
+    return sorted((out / "runs").iterdir()), data, tmp
+
+
+def test_evaluate_reproduces_the_recorded_final_epoch(finished, capsys):
+    from bnnbench.checkpoints import evaluate
+    runs, data, _ = finished
+    for d in runs:
+        now, recorded, spec = evaluate(d, data, torch.device("cpu"))
+        last = RunDir(d).read_metrics()[-1]
+        assert recorded["epoch"] == spec.settings.epochs - 1
+        for k in ("test_top1", "test_top5", "test_loss"):
+            assert now[k] == recorded[k] == last[k], k
+    assert main(["evaluate", str(runs[0]), "--data-root", str(data)]) == 0
+    assert "(identical)" in capsys.readouterr().out
+
+
+def test_export_rebuilds_the_trained_model_bit_for_bit_at_its_packed_size(finished, capsys):
+    from bnnbench.checkpoints import evaluate
+    from bnnbench.export import SignConv2d, load_exported
+    from bnnbench.layers import binary_layers
+    from bnnbench.trainer import trained_model
+    runs, data, tmp = finished
+    for d in runs:
+        f = tmp / f"{d.name}.1bit.pt"
+        assert main(["export", str(d), "--out", str(f), "--data-root", str(data)]) == 0
+        said = capsys.readouterr().out
+        assert f"wrote {f}" in said and "packed size" in said
+        spec, model, test = trained_model(d, data)
+        spec2, rebuilt = load_exported(f)
+        assert spec2.hash == spec.hash and not binary_layers(rebuilt)
+        assert sum(isinstance(m, SignConv2d) for m in rebuilt.modules()) == len(binary_layers(model))
+        with torch.no_grad():
+            for x, _ in test:                      # every test image
+                assert torch.equal(rebuilt(x), model(x))
+        now, recorded, _ = evaluate(f, data, torch.device("cpu"))
+        assert now["test_top1"] == recorded["test_top1"]
+        from bnnbench.ops import count_ops
+        packed = count_ops(model, (3, 32, 32)).packed_bytes
+        float_bytes = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
+        size = f.stat().st_size
+        assert size < float_bytes / 4 and abs(size - packed) < 0.25 * packed + 64 * 1024, (size, packed)
+
+
+def test_export_signs_roundtrip_and_bad_files_are_refused(tmp_path):
+    from bnnbench.errors import RunError
+    from bnnbench.export import load_exported, pack_bits, unpack_bits
+    signs = torch.where(torch.rand(5, 3, 3, 3) > 0.5, 1, -1).to(torch.int8)
+    bits = pack_bits(signs)
+    assert bits.dtype == torch.uint8 and bits.numel() == -(-signs.numel() // 8)
+    assert torch.equal(unpack_bits(bits, list(signs.shape)), signs)
+    bad = tmp_path / "x.pt"
+    torch.save({"model": {}}, bad)
+    with pytest.raises(RunError, match="not a bnnbench 1-bit export"):
+        load_exported(bad)
