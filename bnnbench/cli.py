@@ -80,6 +80,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
     p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--init-from", type=Path, metavar="PATH",
+                   help="start every run from these weights (a checkpoint file or a run directory; tensors matched "
+                        "by name and shape, the rest reported); part of the runs' identity")
     p.add_argument("--deterministic", action="store_true",
                    help="reproducible GPU numerics (no TF32, no cuDNN autotuning, deterministic algorithms, no "
                         "torch.compile); the same as --set deterministic=true, part of the runs' identity")
@@ -223,6 +226,8 @@ def plan(args) -> tuple[list, object]:
         raise ConfigError(f"--epochs {args.epochs}: must be at least 1")
     sets = parse_assignments(args.sets, "--set")
     hps = _cli_hparams(args, methods)
+    from .checkpoints import resolve_init
+    init = resolve_init(args.init_from) if getattr(args, "init_from", None) else {}
     specs = []
     for arch in archs:
         family = ARCHITECTURES.get(arch).family
@@ -237,8 +242,9 @@ def plan(args) -> tuple[list, object]:
                     recipe=recipe.name, track=args.track, dataset=recipe.dataset, backbone=arch, method=method,
                     method_hparams=hp, settings=settings_from(train), seed=seed,
                     backbone_options=dict(recipe.backbone_options) if arch == recipe.backbone else {},
-                    changes={**changes, **hp_changes}, recipe_epochs=recipe_epochs, track_note=note,
-                    plugins=plugins, download=not args.no_download))
+                    changes={**changes, **hp_changes, **({"init_from": init["sha256"][:8]} if init else {})},
+                    recipe_epochs=recipe_epochs, track_note=note, plugins=plugins, init_from=init,
+                    download=not args.no_download))
     return specs, recipe
 
 

@@ -82,6 +82,9 @@ class RunSpec:
     track_note: str = ""
     #: third-party plugin code: {registry name: {"origin": file or package==version, "sha256": ...}}
     plugins: Mapping[str, Any] = field(default_factory=dict)
+    #: --init-from: {"path", "sha256", "run" (spec hash of the run that wrote it, or None)}; the sha256 is
+    #: part of the identity (only when set, so runs made before the field existed keep their hash)
+    init_from: Mapping[str, Any] = field(default_factory=dict)
     download: bool = True  # not part of the identity
 
     def identity(self, with_seed: bool = True) -> dict:
@@ -90,6 +93,8 @@ class RunSpec:
         ident = {"recipe": self.recipe, "track": self.track, "dataset": self.dataset, "backbone": self.backbone,
                  "backbone_options": dict(self.backbone_options), "method": self.method,
                  "method_hparams": dict(self.method_hparams), "settings": settings, "plugins": dict(self.plugins)}
+        if self.init_from:
+            ident["init_from"] = self.init_from["sha256"]
         if with_seed:
             ident["seed"] = self.seed
         return ident

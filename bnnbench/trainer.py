@@ -329,6 +329,8 @@ class Run:
         """Continue from the last good checkpoint of this run, or record the initial weights of a new one."""
         state = self.dir.load_checkpoint(self.warn)
         if state is None:
+            if self.spec.init_from:
+                self._init_from()
             if self.main:
                 atomic_torch_save(self.tracker.init_weights, self.dir.file("init_weights.pt"))
             return
@@ -346,6 +348,17 @@ class Run:
                 self.warn(f"{init} is unreadable ({type(exc).__name__}); the run continues without it, so it "
                           f"gets no silent-weight histogram")
                 init.unlink()
+
+    def _init_from(self) -> None:
+        """Start from ``--init-from`` weights (name and shape matches), reported and kept in ``init.json``."""
+        import json
+
+        from .checkpoints import describe_init, init_from
+        report = init_from(self.net, dict(self.spec.init_from))
+        self.tracker = FlipTracker(self.net)  # flips count from the loaded weights
+        if self.main:
+            self.warn(describe_init(self.spec.init_from, report))
+            self.dir.file("init.json").write_text(json.dumps({**self.spec.init_from, **report}, indent=1) + "\n")
 
     # --- training ------------------------------------------------------------------------------------------
     def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:
