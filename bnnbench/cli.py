@@ -10,6 +10,7 @@ Without a command, ``run`` is meant.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -205,11 +206,20 @@ def _method_hparams(method: str, family: str, recipe_hp: dict, cli_hp: dict, rec
     return hp, {f"{method}.{k}": hp[k] for k in sorted(cli_hp) if hp[k] != base[k]}
 
 
+def _make_spec(base: dict, hp_changes: dict, init: dict, settings: dict, changed: dict, **fields):
+    """One RunSpec of the matrix; ``--init-from`` (``init``) applies to a run that has no stage to start from."""
+    from .spec import RunSpec, settings_from
+    cli_init = bool(init) and not fields.get("init_from") and fields.get("stage") != "teacher"
+    extra = {"init_from": init} if cli_init else {}
+    mark = {"init_from": init["sha256"][:8]} if cli_init else {}
+    return RunSpec(**base, settings=settings_from(settings), changes={**changed, **hp_changes, **mark}, **extra,
+                   **fields)
+
+
 def plan(args) -> tuple[list, object]:
     """Resolve the run matrix (method x backbone x seed) into RunSpecs, validating everything first."""
     from .recipes import load_recipe
     from .registry import ARCHITECTURES, METHODS, provenance
-    from .spec import RunSpec, settings_from
     if not args.methods:
         raise ConfigError("--methods is required (e.g. --methods ovsw recu, or --methods all); "
                           "see --list for what is registered")
@@ -227,7 +237,10 @@ def plan(args) -> tuple[list, object]:
     sets = parse_assignments(args.sets, "--set")
     hps = _cli_hparams(args, methods)
     from .checkpoints import resolve_init
+    from .stages import expand
     init = resolve_init(args.init_from) if getattr(args, "init_from", None) else {}
+    overrides = {**dict(sets), **({"epochs": args.epochs} if args.epochs is not None else {}),
+                 **({"deterministic": True} if getattr(args, "deterministic", False) else {})}
     specs = []
     for arch in archs:
         family = ARCHITECTURES.get(arch).family
@@ -238,13 +251,13 @@ def plan(args) -> tuple[list, object]:
             plugins = {k: v for k, v in (("method", provenance(METHODS.get(method))),
                                          ("backbone", provenance(ARCHITECTURES.get(arch)))) if v}
             for seed in range(train["seed"], train["seed"] + args.seeds):
-                specs.append(RunSpec(
-                    recipe=recipe.name, track=args.track, dataset=recipe.dataset, backbone=arch, method=method,
-                    method_hparams=hp, settings=settings_from(train), seed=seed,
-                    backbone_options=dict(recipe.backbone_options) if arch == recipe.backbone else {},
-                    changes={**changes, **hp_changes, **({"init_from": init["sha256"][:8]} if init else {})},
-                    recipe_epochs=recipe_epochs, track_note=note, plugins=plugins, init_from=init,
-                    download=not args.no_download))
+                base = dict(recipe=recipe.name, track=args.track, dataset=recipe.dataset, backbone=arch, method=method,
+                            method_hparams=hp, seed=seed, recipe_epochs=recipe_epochs, track_note=note,
+                            backbone_options=dict(recipe.backbone_options) if arch == recipe.backbone else {},
+                            plugins=plugins, download=not args.no_download)
+                make = functools.partial(_make_spec, base, hp_changes, init)
+                specs.extend(expand(recipe.stages, recipe.teacher, train, changes, make, f"recipe {recipe.path}",
+                                    overrides))
     return specs, recipe
 
 

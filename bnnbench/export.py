@@ -62,8 +62,12 @@ def unpack_bits(bits: Tensor, shape: list[int]) -> Tensor:
 def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
     """The export document of a trained ``model`` (see the module docstring)."""
     binary, skip = {}, set()
+    from .errors import ConfigError
     for name, layer in binary_layers(model):
-        form = layer.inference_form()
+        try:
+            form = layer.inference_form()
+        except ValueError as exc:
+            raise ConfigError(f"cannot export binary conv {name!r}: {exc}") from None
         bias = None if layer.bias is None else layer.bias.detach().float().cpu()
         binary[name] = {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale,
                         "bias": bias}

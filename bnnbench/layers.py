@@ -35,7 +35,15 @@ class InferenceForm:
 
 
 class BinaryConv2d(nn.Conv2d):
-    """Conv2d with binarised weight and input; subclasses define the binarizers and the scale."""
+    """Conv2d with binarised weight and input; subclasses define the binarizers and the scale.
+
+    ``binary_inputs`` / ``binary_weights`` (both True unless the run's ``binarize`` setting says otherwise,
+    see :meth:`bnnbench.method.Method.set_binarize`): with real weights the conv uses the latent weight W
+    itself (no weight binarizer, no output scale), with real inputs it convolves x itself.
+    """
+
+    binary_inputs = True
+    binary_weights = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = False, padding_mode: str = "zeros", hparams=None):
@@ -88,6 +96,9 @@ class BinaryConv2d(nn.Conv2d):
         whose deployed form differs overrides this.
         """
         where = f"{type(self).__name__} ({type(self).__module__})"
+        if not (self.binary_inputs and self.binary_weights):
+            raise ValueError(f"{where}: this run binarises {'activations only' if self.binary_inputs else 'nothing'}"
+                             f" (binarize setting), so the layer has no 1-bit form")
         form = self.signs_and_scale()
         if form is None:
             zeros = int((self.effective_sign() == 0).sum())
@@ -119,6 +130,9 @@ class BinaryConv2d(nn.Conv2d):
         return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self.binary_inputs and self.binary_weights):  # a stage of two-stage training, or a teacher
+            xb = self._counted(self.binarize_input(x)) if self.binary_inputs else x
+            return self._conv_forward(xb, self.weight, self.bias)
         if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the scale
             # (eager only: the cache and the representability check are host logic; a compiled model

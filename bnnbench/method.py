@@ -160,6 +160,15 @@ class Method:
         """The training loss; ``settings`` is the run's TrainSettings."""
         return nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
+    def set_binarize(self, model: nn.Module, mode: str) -> None:
+        """Make the model's binary convs binarise ``mode``: "all" (1W1A), "activations" (binary activations,
+        real weights: stage 1 of ReActNet-style two-stage training) or "none" (full precision, a teacher).
+        Default: flags on every :class:`~bnnbench.layers.BinaryConv2d`; a method whose stages differ overrides
+        this."""
+        for layer in self.layers(model):
+            layer.binary_inputs = mode in ("all", "activations")
+            layer.binary_weights = mode == "all"
+
     def epoch_stats(self, model: nn.Module) -> dict[str, float]:
         """Extra numbers logged once per epoch (e.g. OvSW's EMA silent fraction)."""
         return {}
@@ -182,7 +191,7 @@ class Method:
 #: the hooks a method may override, with the arguments the trainer passes (after ``self``)
 HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
          "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
-         "activation": ("channels",), "loss": ("settings",)}
+         "activation": ("channels",), "loss": ("settings",), "set_binarize": ("model", "mode")}
 
 
 def definition_site(obj) -> str:

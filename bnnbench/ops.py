@@ -64,13 +64,18 @@ class OpCounts:
         return d
 
 
+def is_binary(m: nn.Module) -> bool:
+    """A conv with 1-bit weights and 1-bit inputs (a BinaryConv2d in a run with ``binarize: all``)."""
+    return isinstance(m, BinaryConv2d) and m.binary_inputs and m.binary_weights
+
+
 def count_ops(model: nn.Module, input_size: tuple[int, int, int]) -> OpCounts:
     """Count parameters and MACs of ``model`` for one input of shape ``input_size`` = (C, H, W)."""
     macs = {"binary": 0, "fp": 0}
 
     def conv_hook(m: nn.Conv2d, inp, out):
         k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        macs["binary" if isinstance(m, BinaryConv2d) else "fp"] += out[0].numel() * k
+        macs["binary" if is_binary(m) else "fp"] += out[0].numel() * k
 
     def linear_hook(m: nn.Linear, inp, out):
         macs["fp"] += m.in_features * m.out_features * (out[0].numel() // m.out_features)
@@ -92,5 +97,5 @@ def count_ops(model: nn.Module, input_size: tuple[int, int, int]) -> OpCounts:
             h.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    binary = sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
+    binary = sum(m.weight.numel() for m in model.modules() if is_binary(m))
     return OpCounts(params, binary, macs["binary"], macs["fp"], tuple(input_size))

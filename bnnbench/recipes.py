@@ -25,7 +25,7 @@ import copy
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,13 @@ TRAIN_FIELDS: dict[str, tuple[tuple[type, ...], Any, Any, str]] = {
     "amp": ((bool,), True, None, "mixed precision on CUDA (ignored on CPU)"),
     "compile": ((bool,), False, None, "torch.compile the model on CUDA (ignored on CPU); training then drops "
                 "the epoch's last incomplete batch, on every device, so every step has one shape"),
+    "binarize": ((str,), "all", _choice("all", "activations", "none"),
+                 "what is binary: all (1W1A), activations (binary activations, real weights: stage 1 of "
+                 "two-stage training), none (full precision: a teacher); see Method.set_binarize"),
+    "distill_weight": (NUM, 0.0, ("in [0, 1]", lambda v: 0 <= v <= 1),
+                       "knowledge distillation: loss = (1 - w) CE + w T^2 softCE(student/T, teacher/T); "
+                       "w > 0 needs the recipe's teacher (bnnbench/distill.py)"),
+    "distill_temperature": (NUM, 1.0, _POS, "knowledge distillation temperature T"),
     "deterministic": ((bool,), False, None, "reproducible GPU numerics: no TF32, no cuDNN autotuning, "
                       "deterministic algorithms, no torch.compile (see bnnbench/numerics.py)"),
     "augment": ((str,), "cifar", _choice("cifar", "crop", "imagenet", "none"),
@@ -89,7 +96,8 @@ TRAIN_FIELDS: dict[str, tuple[tuple[type, ...], Any, Any, str]] = {
     "grad_clip": ((numbers.Real, type(None)), None, _POS, "clip the global gradient norm (off by default)"),
     "method_hparams": ((dict,), {}, None, "per-method hyperparameter overrides {method: {key: value}}"),
 }
-TOP_FIELDS = {"name", "description", "dataset", "backbone", "backbone_options", "train", "paper"}
+TOP_FIELDS = {"name", "description", "dataset", "backbone", "backbone_options", "train", "paper", "stages",
+              "teacher"}
 
 
 @dataclass
@@ -102,6 +110,9 @@ class Recipe:
     train: dict
     paper: dict
     path: str
+    #: the two-stage track (bnnbench/stages.py): [{name, train, init}] and the teacher, or empty / None
+    stages: list = field(default_factory=list)
+    teacher: dict | None = None
 
     def resolve(self, method: str, track: str) -> tuple[dict, str]:
         """Training settings of ``method`` on ``track`` and a note saying where they came from."""
@@ -205,7 +216,9 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
         merged["method_hparams"] = {}
         check_train({k: v for k, v in merged.items()}, f"{where}, section 'paper.{method}' (merged)",
                     partial=False)
-    return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where)
+    from .stages import parse_stages, parse_teacher
+    return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where,
+                  stages=parse_stages(doc.get("stages"), where), teacher=parse_teacher(doc.get("teacher"), where))
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -31,7 +31,7 @@ SCHEMA = 2
 UNHASHED_SETTINGS = frozenset({"eval_batch_size", "workers"})
 #: settings added after schema 2 came out: in the identity only when they differ from this default, so a
 #: run made before the setting existed keeps its hash (and is found, resumed and reused)
-LATE_SETTINGS = {"deterministic": False}
+LATE_SETTINGS = {"deterministic": False, "binarize": "all", "distill_weight": 0.0, "distill_temperature": 1.0}
 
 TrainSettings = dataclasses.make_dataclass(
     "TrainSettings",
@@ -85,6 +85,11 @@ class RunSpec:
     #: --init-from: {"path", "sha256", "run" (spec hash of the run that wrote it, or None)}; the sha256 is
     #: part of the identity (only when set, so runs made before the field existed keep their hash)
     init_from: Mapping[str, Any] = field(default_factory=dict)
+    #: two-stage track (bnnbench/stages.py): the recipe stage this run is ("" for a single-stage run,
+    #: "teacher"), and the teacher it distils from ({"run", "name"} or {"torchvision": model}); both in the
+    #: identity only when set. A stage's init_from is {"run": hash, "name": dir name} of the stage before it.
+    stage: str = ""
+    teacher: Mapping[str, Any] = field(default_factory=dict)
     download: bool = True  # not part of the identity
 
     def identity(self, with_seed: bool = True) -> dict:
@@ -94,7 +99,11 @@ class RunSpec:
                  "backbone_options": dict(self.backbone_options), "method": self.method,
                  "method_hparams": dict(self.method_hparams), "settings": settings, "plugins": dict(self.plugins)}
         if self.init_from:
-            ident["init_from"] = self.init_from["sha256"]
+            ident["init_from"] = self.init_from.get("sha256") or f"run:{self.init_from['run']}"
+        if self.stage:
+            ident["stage"] = self.stage
+        if self.teacher:
+            ident["teacher"] = self.teacher.get("run") or f"torchvision:{self.teacher['torchvision']}"
         if with_seed:
             ident["seed"] = self.seed
         return ident

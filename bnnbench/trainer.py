@@ -103,8 +103,9 @@ def run_model(spec: RunSpec, num_classes: int, run_name: str) -> tuple[Method, n
     arch = ARCHITECTURES.get(spec.backbone)
     method = METHODS.get(spec.method)(family=arch.family, overrides=dict(spec.method_hparams),
                                       source=f"run config of {run_name}")
-    return method, build_model(method, arch, num_classes, options=dict(spec.backbone_options),
-                               source=f"recipe {spec.recipe}")
+    model = build_model(method, arch, num_classes, options=dict(spec.backbone_options), source=f"recipe {spec.recipe}")
+    method.set_binarize(model, spec.settings.binarize)
+    return method, model
 
 
 def make_loaders(spec: RunSpec, device: torch.device, data_root: Path):
@@ -233,7 +234,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, op
     ``amp_dtype``: autocast's dtype (default: the device's, fp16 on CUDA)."""
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
         out = model(x)
-        loss = criterion(out, y)
+        loss = criterion(out, y, x) if getattr(criterion, "needs_input", False) else criterion(out, y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -291,6 +292,11 @@ class Run:
         self.use_amp = self.numerics["amp"] is not None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         self.criterion = self.method.loss(self.st)
+        if self.st.distill_weight > 0:
+            from .distill import DistillationLoss, load_teacher
+            teacher = load_teacher(dict(spec.teacher), run_dir.path.parent, data_root, device, num_classes)
+            self.criterion = DistillationLoss(self.criterion, teacher, self.st.distill_weight,
+                                              self.st.distill_temperature)
         self.tracker = FlipTracker(self.net)
         self.kept_memory = keep_freed_memory() if device.type == "cpu" else False
         self.main = ddp.is_main()
@@ -353,12 +359,16 @@ class Run:
         """Start from ``--init-from`` weights (name and shape matches), reported and kept in ``init.json``."""
         import json
 
-        from .checkpoints import describe_init, init_from
-        report = init_from(self.net, dict(self.spec.init_from))
+        from .checkpoints import describe_init, init_from, resolve_init
+        init = dict(self.spec.init_from)
+        if "sha256" not in init:  # a stage: the final checkpoint of the stage before it, which must be done
+            from .distill import finished_dependency
+            init = {**resolve_init(finished_dependency(self.dir.path.parent, init, "init")), "run": init["run"]}
+        report = init_from(self.net, init)
         self.tracker = FlipTracker(self.net)  # flips count from the loaded weights
         if self.main:
-            self.warn(describe_init(self.spec.init_from, report))
-            self.dir.file("init.json").write_text(json.dumps({**self.spec.init_from, **report}, indent=1) + "\n")
+            self.warn(describe_init(init, report))
+            self.dir.file("init.json").write_text(json.dumps({**init, **report}, indent=1) + "\n")
 
     # --- training ------------------------------------------------------------------------------------------
     def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:

@@ -37,6 +37,7 @@ def test_build_forward_backward_step(method, arch):
 PARAMS = {  # methods_spec section 2 (methods without extra parameters)
     ("resnet18", 1000, ()): (11_690_536, 10_985_472),
     ("resnet34", 1000, ()): (21_798_696, 21_086_208),
+    ("reactnet18", 1000, ()): (11_704_424, 10_985_472),  # architectures/reactnet.py: counted by hand there
     ("cresnet20", 10, ()): (269_850, 267_264),
     ("cresnet18", 10, ()): (11_174_986, 10_985_472),
     ("vgg_small", 10, (("head_act", "prelu"),)): (4_660_618, 4_571_136),

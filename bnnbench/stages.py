@@ -1,0 +1,110 @@
+"""Runs that depend on runs: a recipe's ``teacher`` and ``stages`` (the two-stage track, methods_spec 3.4).
+
+A recipe may declare, next to ``train``::
+
+    teacher:                    # a full-precision run trained first (binarize: none), or
+      train: {epochs: 8}        #   teacher: {torchvision: resnet34}  (ImageNet, weights from the hub cache)
+    stages:
+      - name: stage1            # binary activations, real weights
+        train: {binarize: activations, epochs: 4}
+      - name: stage2            # both binary, initialised from stage1's final checkpoint
+        init: stage1
+        train: {binarize: all, epochs: 4, distill_weight: 1.0}
+
+Each stage's settings are the recipe's (after the track and ``--set``) with the stage's changes on top.
+For every method x backbone x seed, :func:`expand` gives the teacher run (when a stage distils from it),
+then the stages in order; each run records what it depends on (``init_from`` and ``teacher``: the run's
+hash and directory), which is part of its identity. The runner runs them in that order, skips what is
+done and resumes what was interrupted; a run whose dependency is not done fails with that reason and is
+not started. Under Slurm, dependent runs are submitted after (``afterany``) the jobs they depend on.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+
+
+def parse_stages(doc: Any, where: str) -> list[dict]:
+    """Validate a recipe's ``stages`` list: [{name, train (changes), init (an earlier stage or absent)}]."""
+    from .recipes import _SAFE_NAME, check_train
+    if doc is None:
+        return []
+    if not isinstance(doc, list) or not doc:
+        raise ConfigError(f"{where}: stages must be a non-empty list of {{name, train, init}} mappings")
+    out, names = [], []
+    for i, st in enumerate(doc):
+        at = f"{where}, stages[{i}]"
+        if not isinstance(st, dict) or set(st) - {"name", "train", "init"} or "name" not in st:
+            raise ConfigError(f"{at}: expected a mapping with 'name', optional 'train' and 'init', got {st!r}")
+        name = st["name"]
+        if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in names or name == "teacher":
+            raise ConfigError(f"{at}: name = {name!r} must be a new name of letters, digits, '-', '_', '.' "
+                              f"(not 'teacher')")
+        init = st.get("init")
+        if init is not None and init not in names:
+            raise ConfigError(f"{at}: init = {init!r} must name an earlier stage ({', '.join(names) or 'none'})")
+        out.append({"name": name, "train": check_train(st.get("train") or {}, f"{at}, train", partial=True),
+                    "init": init})
+        names.append(name)
+    return out
+
+
+def parse_teacher(doc: Any, where: str) -> dict | None:
+    """Validate a recipe's ``teacher``: {train: changes} (a full-precision run) or {torchvision: model}."""
+    from .recipes import check_train
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not (set(doc) <= {"train"} or set(doc) == {"torchvision"}):
+        raise ConfigError(f"{where}: teacher must be {{train: {{...}}}} (a full-precision run of this recipe) or "
+                          f"{{torchvision: MODEL}}, got {doc!r}")
+    if "torchvision" in doc:
+        if not isinstance(doc["torchvision"], str):
+            raise ConfigError(f"{where}: teacher.torchvision must be a model name such as resnet34")
+        return {"torchvision": doc["torchvision"]}
+    return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True)}
+
+
+def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
+           make: Callable[..., Any], where: str, overrides: dict | None = None) -> list:
+    """The runs of one method x backbone x seed, dependencies first. ``make(train, changes, **fields)``
+    builds a RunSpec from validated settings; ``train`` are the recipe's settings for this method and
+    ``overrides`` the command line's (``--set``, ``--epochs``), which win over a stage's own."""
+    from .recipes import check_train
+    overrides = overrides or {}
+
+    def settings(extra: dict, what: str) -> tuple[dict, dict]:
+        merged = check_train({**copy.deepcopy(train), **extra, **overrides}, f"{where}, {what}", partial=False)
+        diff = {k: v for k, v in merged.items() if k != "method_hparams" and v != train.get(k)}
+        return merged, {**changes, **diff}
+
+    runs, ref = [], {}
+    uses_teacher = any((s["train"].get("distill_weight") or 0) > 0 for s in stages) or train["distill_weight"] > 0
+    if uses_teacher:
+        if teacher is None:
+            raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
+        if "torchvision" in teacher:
+            ref = {"torchvision": teacher["torchvision"]}
+        else:
+            t_train, t_changes = settings({**teacher["train"], "binarize": "none", "distill_weight": 0.0}, "teacher")
+            t = make(t_train, {**t_changes, "stage": "teacher"}, stage="teacher")
+            runs.append(t)
+            ref = {"run": t.hash, "name": t.name}
+    made: dict[str, Any] = {}
+    for st in stages or [{"name": "", "train": {}, "init": None}]:
+        s_train, s_changes = settings(st["train"], f"stage {st['name']}" if st["name"] else "train")
+        fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
+        if st["init"]:
+            dep = made[st["init"]]
+            fields["init_from"] = {"run": dep.hash, "name": dep.name}
+        spec = make(s_train, {**s_changes, **({"stage": st["name"]} if st["name"] else {})}, **fields)
+        made[st["name"]] = spec
+        runs.append(spec)
+    return runs
+
+
+def dependencies(spec) -> list[dict]:
+    """The runs ``spec`` needs finished first: [{"run": hash, "name": dir name}, ...]."""
+    return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]

@@ -1,0 +1,118 @@
+"""Runs that depend on runs (bnnbench/stages.py), stage binarisation, and distillation (bnnbench/distill.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+
+from bnnbench.cli import build_parser, plan
+from bnnbench.errors import ConfigError
+from bnnbench.store import RunDir
+
+RECIPE = "digits-cresnet20-twostage"
+TINY = ["--epochs", "2", "--set", "train_subset=320", "warmup_epochs=0"]   # 5 steps per epoch
+
+
+def specs(*extra):
+    return plan(build_parser().parse_args(["--methods", "ovsw", "recu", "--recipe", RECIPE, "--device", "cpu",
+                                           *extra]))[0]
+
+
+def test_dependencies_come_first_and_are_part_of_the_identity():
+    runs = specs(*TINY)
+    assert [s.stage for s in runs] == ["teacher", "stage1", "stage2"] * 2
+    teacher, s1, s2 = runs[:3]
+    assert teacher.settings.binarize == "none" and teacher.settings.distill_weight == 0
+    assert s1.settings.binarize == "activations" and s1.teacher == {"run": teacher.hash, "name": teacher.name}
+    assert s2.settings.binarize == "all" and s2.init_from == {"run": s1.hash, "name": s1.name}
+    assert s2.identity()["init_from"] == f"run:{s1.hash}" and s2.identity()["teacher"] == teacher.hash
+    assert all(s.settings.epochs == 2 for s in runs)         # --epochs wins over a stage's own
+    other = specs("--epochs", "3", "--set", "train_subset=320", "warmup_epochs=0")
+    assert other[2].init_from["run"] != s2.init_from["run"] and other[2].hash != s2.hash
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"stages": [{"name": "b", "init": "a"}]}, "must name an earlier stage"),
+    ({"stages": [{"name": "a", "train": {"distill_weight": 1.0}}]}, "needs a teacher section"),
+    ({"stages": [{"name": "teacher"}]}, "not 'teacher'"),
+    ({"teacher": {"torchvision": 3}}, "model name"),
+])
+def test_bad_stage_sections_are_refused(tmp_path, doc, message):
+    base = yaml.safe_load((ROOT / "recipes" / f"{RECIPE}.yaml").read_text())
+    base.pop("stages"), base.pop("teacher")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**base, **doc}))
+    with pytest.raises(ConfigError, match=message):
+        plan(build_parser().parse_args(["--methods", "ovsw", "--recipe", str(path), "--device", "cpu"]))
+
+
+def test_stage_binarisation_modes():
+    from bnnbench.registry import METHODS
+    m = METHODS.get("recu")()
+    conv = m.conv(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 5, 5)
+    for mode, ref in (("none", lambda: conv._conv_forward(x, conv.weight, None)),
+                      ("activations", lambda: conv._conv_forward(torch.sign(x), conv.weight, None))):
+        wrapper = torch.nn.Sequential(conv)
+        m.set_binarize(wrapper, mode)
+        assert torch.equal(conv(x), ref())
+        with pytest.raises(ValueError, match="no 1-bit form"):
+            conv.inference_form()
+    m.set_binarize(torch.nn.Sequential(conv), "all")
+    conv.inference_form()
+
+
+def test_soft_cross_entropy_and_the_mixed_loss():
+    from bnnbench.distill import DistillationLoss, soft_cross_entropy
+    s, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p = torch.softmax(t / 2, 1)
+    ref = -(p * torch.log_softmax(s / 2, 1)).sum()
+    assert torch.allclose(soft_cross_entropy(s, t, 2.0), ref)
+    teacher = torch.nn.Linear(3, 3)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    out = torch.randn(4, 3)
+    ce = torch.nn.CrossEntropyLoss()
+    loss = DistillationLoss(ce, teacher, 0.25, 2.0)(out, y, x)
+    expect = 0.75 * ce(out, y) + 0.25 * 4.0 * soft_cross_entropy(out, teacher(x).detach(), 2.0)
+    assert torch.allclose(loss, expect) and "teacher" not in dict(DistillationLoss(ce, teacher, 1, 1).named_modules())
+
+
+def test_a_stage_whose_dependency_is_not_done_fails_without_training(tmp_path):
+    from bnnbench.trainer import run_or_fail
+    s2 = specs(*TINY)[2]
+    rd = RunDir(tmp_path / "runs" / s2.name)
+    rd.path.mkdir(parents=True)
+    res = run_or_fail(s2, rd, torch.device("cpu"), ROOT / "data")
+    assert res.status == "failed" and "teacher run" in res.reason and "not done (missing" in res.reason
+    assert not rd.file("checkpoint.pt").exists()
+
+
+def _sweep(out, fault=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"BNNBENCH_FAULT": fault} if fault else {})}
+    return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "--recipe", RECIPE, "--methods", "ovsw",
+                           *TINY, "--device", "cpu", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_stage_kd_sweep_killed_in_stage2_resumes_to_the_same_weights(tmp_path):
+    ref = _sweep(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    # teacher 10 steps, stage 1 10, then stage 2: kill -9 at its 8th step (epoch 2, after its first checkpoint)
+    killed = _sweep(tmp_path / "cut", fault="step:28")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    again = _sweep(tmp_path / "cut")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 already done" in again.stdout
+    runs = {RunDir(d).read_spec().stage: RunDir(d) for d in (tmp_path / "ref" / "runs").iterdir()}
+    cut = {RunDir(d).read_spec().stage: RunDir(d) for d in (tmp_path / "cut" / "runs").iterdir()}
+    assert set(runs) == set(cut) == {"teacher", "stage1", "stage2"}
+    a, b = runs["stage2"].load_checkpoint()["model"], cut["stage2"].load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    init = json.loads(cut["stage2"].file("init.json").read_text())
+    assert init["run"] == cut["stage1"].read_spec().hash and init["loaded"] > 0
+    assert json.loads(runs["stage2"].file("result.json").read_text())["status"] == "done"
