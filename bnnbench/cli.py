@@ -287,7 +287,7 @@ def cmd_run(args, console) -> int:
                   f"{len(todo)} to run, {len(skipped)} already done; device {device}; results in {out}")
     if args.dry_run:
         for cfg, rd in todo:
-            console.print(f"  would run  {rd.name}  ({cfg.track_note})")
+            console.print(f"  would run  {rd.name}  ({cfg.label}: {cfg.track_note})")
         for _, rd in skipped:
             console.print(f"  done       {rd.name}")
         return 0

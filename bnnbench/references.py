@@ -25,8 +25,9 @@ def _load(path: str) -> tuple[dict[str, Any], ...]:
     if not isinstance(doc, list):
         raise ConfigError(f"{p}: expected a list of entries with keys {sorted(_KEYS)}")
     for i, entry in enumerate(doc):
-        if not isinstance(entry, dict) or set(entry) != _KEYS:
-            raise ConfigError(f"{p}: entry {i} must have exactly the keys {sorted(_KEYS)}, got {entry!r}")
+        if not isinstance(entry, dict) or set(entry) - {"stage"} != _KEYS:
+            raise ConfigError(f"{p}: entry {i} must have exactly the keys {sorted(_KEYS)} (and optionally stage), "
+                              f"got {entry!r}")
     return tuple(doc)
 
 
@@ -34,10 +35,12 @@ def load_references() -> list[dict[str, Any]]:
     return [dict(e) for e in _load(str(reference_file()))]
 
 
-def find_reference(method: str, dataset: str, backbone: str) -> dict[str, Any] | None:
+def find_reference(method: str, dataset: str, backbone: str, stage: str = "") -> dict[str, Any] | None:
+    """The published number for runs of ``method`` on ``dataset`` x ``backbone``; for a two-stage recipe's
+    runs, the entry naming their ``stage`` (the two-stage numbers are those of the final stage)."""
     from .registry import METHODS
     refs = METHODS.get(method).references() if method in METHODS else load_references()
     for r in refs:
-        if (r["method"], r["dataset"], r["backbone"]) == (method, dataset, backbone):
+        if (r["method"], r["dataset"], r["backbone"], r.get("stage") or "") == (method, dataset, backbone, stage):
             return r
     return None

@@ -109,7 +109,7 @@ def row_labels(runs: list[RunResult]) -> dict[str, str]:
     common = common_changes(runs)
 
     def label(r: RunResult) -> str:
-        return variant_label(r.method, r.changes, common)
+        return variant_label(r.method, r.changes, common, stage=r.stage)
     by_label: dict[str, set[str]] = defaultdict(set)
     for r in runs:
         by_label[label(r)].add(r.group)
@@ -221,7 +221,7 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
                    wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
                    epochs_run=max(r.epochs_run for r in ok))
         row.update(_deploy_cells([d for r, d in zip(rs, deploys or [None] * len(rs)) if r.status == "done"]))
-    ref = find_reference(rs[0].method, dataset, backbone)
+    ref = find_reference(rs[0].method, dataset, backbone, rs[0].stage)
     row["paper"] = ref["top1"] if ref else None
     row["paper_source"] = ref["source"] if ref else None
     comparable = (ref is not None and full and not overridden and not rs[0].changes

@@ -51,14 +51,16 @@ def settings_from(values: Mapping[str, Any]) -> Any:
     return TrainSettings(**{k: v for k, v in values.items() if k in names})
 
 
-def variant_label(method: str, changes: Mapping[str, Any], shared: Mapping[str, Any] | None = None) -> str:
+def variant_label(method: str, changes: Mapping[str, Any], shared: Mapping[str, Any] | None = None,
+                  stage: str = "") -> str:
     """``method[key=value,...]`` for the changes from the recipe, leaving out ``epochs`` (named in a table's
     title) and the ``shared`` ones (named once for a whole table); a method's own keys lose their prefix."""
     diff = {k: v for k, v in changes.items() if k != "epochs" and k not in (shared or {})}
+    at = f"@{stage}" if stage else ""
     if not diff:
-        return method
+        return method + at
     prefix = f"{method}."
-    return method + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
+    return method + at + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
 
 
 def _digest(obj: Any) -> str:
@@ -123,8 +125,9 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """Method name plus how the run differs from the recipe (``--epochs`` is in the table title)."""
-        return variant_label(self.method, self.changes)
+        """Method name plus how the run differs from the recipe (``--epochs`` is in the table title), and
+        ``@stage`` for a stage of a two-stage recipe."""
+        return variant_label(self.method, self.changes, stage=self.stage)
 
     @property
     def epochs_overridden(self) -> bool:
@@ -222,6 +225,7 @@ class RunResult:
     plugins: Mapping[str, Any] = field(default_factory=dict)
     metrics_sha256: str | None = None  # of metrics.jsonl as the run left it (plots read that file)
     command: str = ""  # the command line of the process that finished the run
+    stage: str = ""    # the two-stage recipe's stage ("teacher", "stage1", ...), "" for a single-stage run
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}
@@ -234,7 +238,7 @@ class RunResult:
                    method=spec.method, method_hparams=dict(spec.method_hparams), changes=dict(spec.changes),
                    seed=spec.seed, epochs=spec.settings.epochs, epochs_run=0,
                    epochs_overridden=spec.epochs_overridden, full_data=spec.full_data, plugins=dict(spec.plugins),
-                   **kw)
+                   stage=spec.stage, **kw)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], spec: RunSpec) -> RunResult:
@@ -243,6 +247,7 @@ class RunResult:
         kw = {k: v for k, v in d.items() if k in names}
         kw.setdefault("spec_hash", spec.hash)
         kw["group"], kw["label"], kw["changes"] = spec.group, spec.label, dict(spec.changes)
+        kw["stage"] = spec.stage
         kw.setdefault("full_data", spec.full_data)
         kw.setdefault("epochs_overridden", spec.epochs_overridden)
         return cls(**kw)

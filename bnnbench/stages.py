@@ -13,7 +13,8 @@ A recipe may declare, next to ``train``::
 
 Each stage's settings are the recipe's (after the track and ``--set``) with the stage's changes on top.
 For every method x backbone x seed, :func:`expand` gives the teacher run (when a stage distils from it),
-then the stages in order; each run records what it depends on (``init_from`` and ``teacher``: the run's
+then the stages in order (leaderboard rows ``ovsw@teacher``, ``ovsw@stage1``, ...; stage settings come from
+the recipe, so they are not "changes"); each run records what it depends on (``init_from`` and ``teacher``: the run's
 hash and directory), which is part of its identity. The runner runs them in that order, skips what is
 done and resumes what was interrupted; a run whose dependency is not done fails with that reason and is
 not started. Under Slurm, dependent runs are submitted after (``afterany``) the jobs they depend on.
@@ -75,10 +76,8 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
     from .recipes import check_train
     overrides = overrides or {}
 
-    def settings(extra: dict, what: str) -> tuple[dict, dict]:
-        merged = check_train({**copy.deepcopy(train), **extra, **overrides}, f"{where}, {what}", partial=False)
-        diff = {k: v for k, v in merged.items() if k != "method_hparams" and v != train.get(k)}
-        return merged, {**changes, **diff}
+    def settings(extra: dict, what: str) -> dict:
+        return check_train({**copy.deepcopy(train), **extra, **overrides}, f"{where}, {what}", partial=False)
 
     runs, ref = [], {}
     uses_teacher = any((s["train"].get("distill_weight") or 0) > 0 for s in stages) or train["distill_weight"] > 0
@@ -88,18 +87,18 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
         if "torchvision" in teacher:
             ref = {"torchvision": teacher["torchvision"]}
         else:
-            t_train, t_changes = settings({**teacher["train"], "binarize": "none", "distill_weight": 0.0}, "teacher")
-            t = make(t_train, {**t_changes, "stage": "teacher"}, stage="teacher")
+            t = make(settings({**teacher["train"], "binarize": "none", "distill_weight": 0.0}, "teacher"), changes,
+                     stage="teacher")
             runs.append(t)
             ref = {"run": t.hash, "name": t.name}
     made: dict[str, Any] = {}
     for st in stages or [{"name": "", "train": {}, "init": None}]:
-        s_train, s_changes = settings(st["train"], f"stage {st['name']}" if st["name"] else "train")
+        s_train = settings(st["train"], f"stage {st['name']}" if st["name"] else "train")
         fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
         if st["init"]:
             dep = made[st["init"]]
             fields["init_from"] = {"run": dep.hash, "name": dep.name}
-        spec = make(s_train, {**s_changes, **({"stage": st["name"]} if st["name"] else {})}, **fields)
+        spec = make(s_train, changes, **fields)
         made[st["name"]] = spec
         runs.append(spec)
     return runs

@@ -539,7 +539,8 @@ class Run:
             numerics=dict(self.numerics), device=device_name(self.device), torch=torch.__version__,
             bnnbench=__version__, git_commit=self.commit, ops=self.ops,
             processes=ddp.world_size() if ddp.active() else 1, keep_freed_memory=self.kept_memory,
-            plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest(), command=shlex.join(sys.argv))
+            plugins=dict(spec.plugins), metrics_sha256=self.dir.metrics_digest(), command=shlex.join(sys.argv),
+            stage=spec.stage)
 
 
 def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = None):
