@@ -209,6 +209,12 @@ def _method_hparams(method: str, family: str, recipe_hp: dict, cli_hp: dict, rec
 def _make_spec(base: dict, hp_changes: dict, init: dict, settings: dict, changed: dict, **fields):
     """One RunSpec of the matrix; ``--init-from`` (``init``) applies to a run that has no stage to start from."""
     from .spec import RunSpec, settings_from
+    if fields.get("method", base["method"]) != base["method"]:  # a teacher shared by every method
+        from .registry import ARCHITECTURES, METHODS
+        family = ARCHITECTURES.get(base["backbone"]).family
+        base = {**base, "method": fields["method"], "method_hparams": METHODS.get(fields["method"])(family=family).hp}
+        hp_changes = {}
+    fields.pop("method", None)
     cli_init = bool(init) and not fields.get("init_from") and fields.get("stage") != "teacher"
     extra = {"init_from": init} if cli_init else {}
     mark = {"init_from": init["sha256"][:8]} if cli_init else {}
@@ -258,7 +264,7 @@ def plan(args) -> tuple[list, object]:
                 make = functools.partial(_make_spec, base, hp_changes, init)
                 specs.extend(expand(recipe.stages, recipe.teacher, train, changes, make, f"recipe {recipe.path}",
                                     overrides))
-    return specs, recipe
+    return list({s.name: s for s in specs}.values()), recipe  # a shared teacher is one run
 
 
 def cmd_run(args, console) -> int:
@@ -287,7 +293,8 @@ def cmd_run(args, console) -> int:
                   f"{len(todo)} to run, {len(skipped)} already done; device {device}; results in {out}")
     if args.dry_run:
         for cfg, rd in todo:
-            console.print(f"  would run  {rd.name}  ({cfg.label}: {cfg.track_note})")
+            from rich.markup import escape
+            console.print(f"  would run  {rd.name}  ({escape(cfg.label)}: {cfg.track_note})")
         for _, rd in skipped:
             console.print(f"  done       {rd.name}")
         return 0

@@ -4,6 +4,7 @@ A recipe may declare, next to ``train``::
 
     teacher:                    # a full-precision run trained first (binarize: none), or
       train: {epochs: 8}        #   teacher: {torchvision: resnet34}  (ImageNet, weights from the hub cache)
+      method: xnor              # optional: one teacher for every method (else each method's own network)
     stages:
       - name: stage1            # binary activations, real weights
         train: {binarize: activations, epochs: 4}
@@ -58,14 +59,18 @@ def parse_teacher(doc: Any, where: str) -> dict | None:
     from .recipes import check_train
     if doc is None:
         return None
-    if not isinstance(doc, dict) or not (set(doc) <= {"train"} or set(doc) == {"torchvision"}):
-        raise ConfigError(f"{where}: teacher must be {{train: {{...}}}} (a full-precision run of this recipe) or "
-                          f"{{torchvision: MODEL}}, got {doc!r}")
+    if not isinstance(doc, dict) or not (set(doc) <= {"train", "method"} or set(doc) == {"torchvision"}):
+        raise ConfigError(f"{where}: teacher must be {{train: {{...}}, method: M}} (a full-precision run of this "
+                          f"recipe) or {{torchvision: MODEL}}, got {doc!r}")
     if "torchvision" in doc:
         if not isinstance(doc["torchvision"], str):
             raise ConfigError(f"{where}: teacher.torchvision must be a model name such as resnet34")
         return {"torchvision": doc["torchvision"]}
-    return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True)}
+    method = doc.get("method")
+    if method is not None:
+        from .registry import METHODS
+        METHODS.get(method, source=f"{where}, teacher.method")
+    return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True), "method": method}
 
 
 def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
@@ -76,8 +81,9 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
     from .recipes import check_train
     overrides = overrides or {}
 
-    def settings(extra: dict, what: str) -> dict:
-        return check_train({**copy.deepcopy(train), **extra, **overrides}, f"{where}, {what}", partial=False)
+    def settings(extra: dict, what: str, force: dict | None = None) -> dict:
+        return check_train({**copy.deepcopy(train), **extra, **overrides, **(force or {})}, f"{where}, {what}",
+                           partial=False)
 
     runs, ref = [], {}
     uses_teacher = any((s["train"].get("distill_weight") or 0) > 0 for s in stages) or train["distill_weight"] > 0
@@ -87,8 +93,10 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
         if "torchvision" in teacher:
             ref = {"torchvision": teacher["torchvision"]}
         else:
-            t = make(settings({**teacher["train"], "binarize": "none", "distill_weight": 0.0}, "teacher"), changes,
-                     stage="teacher")
+            shared = {"method": teacher["method"]} if teacher.get("method") else {}
+            forced = {"binarize": "none", "distill_weight": 0.0}
+            kept = {k: v for k, v in changes.items() if k not in forced}
+            t = make(settings(teacher["train"], "teacher", forced), kept, stage="teacher", **shared)
             runs.append(t)
             ref = {"run": t.hash, "name": t.name}
     made: dict[str, Any] = {}
