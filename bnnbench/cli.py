@@ -81,6 +81,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
     p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--logger", nargs="+", default=[], metavar="NAME", choices=["tensorboard", "wandb", "mlflow"],
+                   help="mirror each run's metrics rows to tensorboard, wandb and/or mlflow (metrics.jsonl stays "
+                        "the source of truth; see bnnbench/loggers.py)")
     p.add_argument("--init-from", type=Path, metavar="PATH",
                    help="start every run from these weights (a checkpoint file or a run directory; tensors matched "
                         "by name and shape, the rest reported); part of the runs' identity")
@@ -273,6 +276,8 @@ def cmd_run(args, console) -> int:
     from .store import RunDir, check_writable
     from .trainer import checked_data, resolve_device
     configs, recipe = plan(args)
+    from .loggers import check_loggers
+    check_loggers(args.logger)
     if args.launcher == "slurm":
         device = args.device  # resolved inside each job, on the node that runs it
     else:
@@ -312,7 +317,7 @@ def cmd_run(args, console) -> int:
         if not args.wait:
             return 0
     else:
-        failures = run_matrix(todo, device, data_root, args.force, console)
+        failures = run_matrix(todo, device, data_root, args.force, console, args.logger)
     if failures is None:
         return EXIT_PREEMPTED
     if not ddp.is_main():
@@ -359,7 +364,7 @@ def publish(out: Path, console, fmt: str, baseline: str | None = None) -> tuple[
     return files, plots
 
 
-def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int | None:
+def run_matrix(todo: list, device, data_root: Path, force: bool, console, loggers=()) -> int | None:
     """Run the pending runs one by one; returns the number of failed runs, or None when preempted."""
     import time
     started = time.time()
@@ -386,7 +391,8 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console) -> int
                           f" -> {escape(str(rd.path))}")
             try:
                 with RichProgress(console, cfg.method) as progress:
-                    result = run_or_fail(cfg, rd, device, data_root, progress=progress, warn=warn)
+                    result = run_or_fail(cfg, rd, device, data_root, progress=progress, warn=warn,
+                                         loggers=tuple(loggers))
             except Preempted as exc:
                 console.print(f"[yellow]preempted[/yellow]: {exc}")
                 return None

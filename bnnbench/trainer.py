@@ -274,7 +274,7 @@ class Run:
     """One run of the matrix: set-up, resume, train epoch by epoch, evaluate, result (module docstring)."""
 
     def __init__(self, spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
-                 progress: Progress | None = None, warn: Callable[[str], None] = print):
+                 progress: Progress | None = None, warn: Callable[[str], None] = print, loggers: tuple = ()):
         self.spec, self.dir, self.device = spec, run_dir, device
         self.progress, self.warn = progress or Progress(), warn
         self.st = spec.settings
@@ -300,9 +300,11 @@ class Run:
         self.tracker = FlipTracker(self.net)
         self.kept_memory = keep_freed_memory() if device.type == "cpu" else False
         self.main = ddp.is_main()
+        self.logger_names = tuple(loggers) if self.main else ()
         self.history: list[dict] = []
         self.start_epoch, self.train_time, self.images = 0, 0.0, 0
         self.partial: dict | None = None
+        self.loggers = None
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         """DDP under torchrun, torch.compile when ``numerics`` says so; hooks and checkpoints use ``net``."""
@@ -464,6 +466,8 @@ class Run:
 
     def _end_epoch(self, epoch: int, row: dict) -> None:
         self.history.append(row)
+        if self.loggers is not None:
+            self.loggers.log(row, epoch)
         if self.main:
             self.dir.save_checkpoint(self.state_dict(epoch))
             faults.point("after_checkpoint")
@@ -481,6 +485,16 @@ class Run:
     def fit(self) -> RunResult:
         """Train (or resume) to the end; writes and returns the result. Raises Preempted on a signal."""
         self.resume()
+        from .loggers import Loggers
+        names = list(self.logger_names)
+        self.loggers = Loggers(names, self.dir.path, self.spec.to_dict()) if names else None
+        try:
+            return self._fit()
+        finally:
+            if self.loggers is not None:
+                self.loggers.close()
+
+    def _fit(self) -> RunResult:
         status, reason = "done", None
         with PREEMPTION as guard:
             for epoch in range(self.start_epoch, self.st.epochs):
@@ -565,22 +579,23 @@ def device_name(device: torch.device) -> str:
 
 
 def train_run(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
-              progress: Progress | None = None, warn: Callable[[str], None] = print) -> RunResult:
+              progress: Progress | None = None, warn: Callable[[str], None] = print, loggers: tuple = ()) -> RunResult:
     """Train (or resume) one run in ``run_dir``; returns and writes its result."""
-    return Run(spec, run_dir, device, data_root, progress=progress, warn=warn).fit()
+    return Run(spec, run_dir, device, data_root, progress=progress, warn=warn, loggers=loggers).fit()
 
 
 ERROR_LOG = "error.log"
 
 
 def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
-                progress: Progress | None = None, warn: Callable[[str], None] = print) -> RunResult:
+                progress: Progress | None = None, warn: Callable[[str], None] = print,
+                loggers: tuple = ()) -> RunResult:
     """:func:`train_run`, but an exception raised by the run (a plugin's code, data, a broken state) fails
     this run only: ``result.json`` says ``failed`` with the exception and the file and line it came from,
     ``error.log`` holds the traceback. Preemption and Ctrl-C pass through."""
     t0 = time.time()
     try:
-        return train_run(spec, run_dir, device, data_root, progress=progress, warn=warn)
+        return train_run(spec, run_dir, device, data_root, progress=progress, warn=warn, loggers=loggers)
     except (Preempted, KeyboardInterrupt):
         raise
     except OSError as exc:

@@ -117,3 +117,33 @@ def test_init_from_reports_mismatches_and_refuses_a_file_that_matches_nothing(tm
         init_from(net, resolve_init(f))
     with pytest.raises(ConfigError, match="no such file"):
         resolve_init(tmp_path / "absent.pt")
+
+
+def test_tensorboard_logger_mirrors_the_metrics_rows(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install 'bnnbench[track]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "out"
+    assert main(["--methods", "xnor", "--epochs", "2", "--set", "train_subset=128", "warmup_epochs=0",
+                 "--logger", "tensorboard", "--out", str(out), "--device", "cpu"]) == 0
+    (d,) = (out / "runs").iterdir()
+    rows = RunDir(d).read_metrics()
+    acc = EventAccumulator(str(d / "tensorboard"))
+    acc.Reload()
+    top1 = acc.Scalars("test_top1")
+    assert [e.step for e in top1] == [0, 1] and [e.value for e in top1] == pytest.approx([r["test_top1"] for r in rows])
+    assert "train_loss" in acc.Tags()["scalars"] and "flip_layers" not in acc.Tags()["scalars"]
+
+
+def test_a_logger_that_is_not_installed_is_an_error_before_training(capsys, monkeypatch):
+    import importlib
+
+    import bnnbench.loggers as L
+    real = importlib.import_module
+
+    def no_wandb(name, *a, **kw):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real(name, *a, **kw)
+    monkeypatch.setattr(L.importlib, "import_module", no_wandb)
+    assert main(["--methods", "xnor", "--logger", "wandb", "--device", "cpu", "--out", "/nonexistent/x"]) == 2
+    assert "pip install wandb" in capsys.readouterr().out
