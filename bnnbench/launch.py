@@ -68,6 +68,24 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.out, self.data_root, self.device, self.plugins), cfg)
 
 
+def dependency_levels(todo: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
+    """``todo`` in levels: level 0 depends on no pending run, level k + 1 on runs of level <= k (a run
+    whose dependency is already done, or not in this sweep, starts at once and checks it itself)."""
+    from .stages import dependencies
+    pending = {cfg.name: cfg for cfg, _ in todo}
+    depth: dict[str, int] = {}
+
+    def level(cfg) -> int:
+        if cfg.name not in depth:
+            deps = [pending[d["name"]] for d in dependencies(cfg) if d["name"] in pending]
+            depth[cfg.name] = 1 + max(map(level, deps)) if deps else 0
+        return depth[cfg.name]
+    out: list[list] = [[] for _ in range(1 + max((level(c) for c, _ in todo), default=-1))]
+    for item in todo:
+        out[level(item[0])].append(item)
+    return out
+
+
 def submit(todo: list[tuple[Any, Any]], args, data_root: Path, console) -> int:
     """Submit one job per pending run; with ``--wait`` wait for them and return 0 if all finished."""
     try:
@@ -90,10 +108,18 @@ def submit(todo: list[tuple[Any, Any]], args, data_root: Path, console) -> int:
         params["gpus_per_node"] = args.gpus_per_run
     executor.update_parameters(name="bnnbench", **params)
     job = RunJob(str(args.out), str(data_root), args.device, list(args.plugin))
-    cfgs = [cfg for cfg, _ in todo]
-    jobs = executor.map_array(job, cfgs) if cfgs else []
-    for j, (_, rd) in zip(jobs, todo):
-        console.print(f"submitted job {j.job_id}: {rd.name}")
+    jobs, before = [], []
+    for level in dependency_levels(todo):  # runs that depend on runs: one job array per level, after the last
+        if before and args.slurm_executor == "slurm":
+            executor.update_parameters(slurm_additional_parameters={
+                "dependency": "afterany:" + ":".join(sorted({j.job_id.split("_")[0] for j in before}))})
+        elif before:  # the local executor has no dependencies: the level before must have finished
+            for j in before:
+                j.wait()
+        before = executor.map_array(job, [cfg for cfg, _ in level])
+        for j, (_, rd) in zip(before, level):
+            console.print(f"submitted job {j.job_id}: {rd.name}")
+        jobs += before
     console.print(f"{len(jobs)} jobs submitted; logs in {folder.parent}; "
                   f"`run_bench.py report --out {args.out}` builds the leaderboard as they finish")
     if not args.wait:

@@ -70,3 +70,25 @@ def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
     losses = [[json.loads(line)["train_loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
               for d in (run, ref)]
     assert losses[0] == losses[1], "each epoch once, with the same numbers as the uninterrupted run"
+
+
+def test_submitit_runs_dependent_stages_after_their_dependencies(tmp_path):
+    from bnnbench.cli import build_parser, plan
+    from bnnbench.launch import dependency_levels
+    from bnnbench.store import RunDir
+    argv = ["--recipe", "digits-cresnet20-twostage", "--methods", "ovsw", "--epochs", "1", "--set",
+            "train_subset=128", "warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path / "out")]
+    specs = plan(build_parser().parse_args(argv))[0]
+    levels = dependency_levels([(s, None) for s in specs])
+    assert [[s.stage for s, _ in lv] for lv in levels] == [["teacher"], ["stage1"], ["stage2"]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *argv, "--launcher", "slurm", "--slurm-executor",
+                        "local", "--gpus-per-run", "0", "--slurm-cpus", "1", "--wait"], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("submitted job") == 3
+    results = [json.loads((d / "result.json").read_text()) for d in (tmp_path / "out" / "runs").iterdir()]
+    assert sorted(x["stage"] for x in results) == ["stage1", "stage2", "teacher"]
+    assert all(x["status"] == "done" for x in results)
+    s2 = next(d for d in (tmp_path / "out" / "runs").iterdir() if RunDir(d).read_spec().stage == "stage2")
+    assert json.loads((s2 / "init.json").read_text())["loaded"] > 0
