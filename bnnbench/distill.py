@@ -60,8 +60,10 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
     except (ValueError, KeyError):
         raise ConfigError(f"teacher torchvision:{name}: no such torchvision model with pretrained weights") from None
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    from .data import _socket_timeout
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
+        with _socket_timeout(30):
+            state = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # noqa: BLE001 - no network, or a damaged file
         raise ConfigError(f"teacher torchvision:{name}: its weights are not on disk ({cache}) and could not be "
                           f"downloaded ({type(exc).__name__}); copy {Path(weights.url).name} there, or train a "

@@ -116,3 +116,20 @@ def test_two_stage_kd_sweep_killed_in_stage2_resumes_to_the_same_weights(tmp_pat
     init = json.loads(cut["stage2"].file("init.json").read_text())
     assert init["run"] == cut["stage1"].read_spec().hash and init["loaded"] > 0
     assert json.loads(runs["stage2"].file("result.json").read_text())["status"] == "done"
+
+
+def test_a_torchvision_teacher_without_its_weights_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    from bnnbench.distill import torchvision_teacher
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **kw):
+        raise urllib.error.URLError("no network")
+    import torchvision.models._api as api
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)   # what WeightsEnum.get_state_dict calls
+    with pytest.raises(ConfigError, match="resnet34-b627a593.pth") as info:
+        torchvision_teacher("resnet34", 1000)
+    assert str(tmp_path) in str(info.value) and "teacher run" in str(info.value)
+    with pytest.raises(ConfigError, match="1000 ImageNet classes"):
+        torchvision_teacher("resnet34", 10)
