@@ -10,6 +10,8 @@ The file is a plain torch file (``torch.load(path, weights_only=True)`` reads it
 * ``state``: every other parameter and buffer of the model in float32 (stem, BatchNorm, shortcuts, head);
 * ``recorded``: the run's final-epoch test figures, which ``run_bench.py evaluate FILE`` compares with.
 
+On disk the tensors sit in one flat tensor per dtype (``store``), so the file is close to the packed size.
+
 :func:`load_exported` rebuilds the backbone from the spec and puts a :class:`SignConv2d` in place of each
 binary conv. That layer computes ``scale[o] * conv(sign(x), signs)``, which is the trained model's own
 evaluation forward (``BinaryConv2d.forward`` in eval mode) op for op, so the rebuilt model's outputs equal
@@ -78,29 +80,72 @@ def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
             "state": state}
 
 
+def _pack_store(doc: dict) -> dict:
+    """The document with its tensors moved into one flat tensor per dtype (``store``), each replaced by
+    ``{"@": [dtype, offset, shape]}``: a torch file holds every tensor as its own archive entry, and for a
+    small network those entries' overhead would outweigh the 1-bit weights."""
+    store: dict[str, list[Tensor]] = {}
+    sizes: dict[str, int] = {}
+
+    def walk(o):
+        if isinstance(o, Tensor):
+            key = str(o.dtype).removeprefix("torch.")
+            store.setdefault(key, []).append(o.detach().cpu().reshape(-1))
+            ref = {"@": [key, sizes.get(key, 0), list(o.shape)]}
+            sizes[key] = sizes.get(key, 0) + o.numel()
+            return ref
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+    body = {k: walk(v) for k, v in doc.items() if k in ("binary", "state")}
+    return {**{k: v for k, v in doc.items() if k not in body}, **body,
+            "store": {k: torch.cat(v) for k, v in store.items()}}
+
+
+def _unpack_store(doc: dict) -> dict:
+    store = doc.pop("store", None)
+    if store is None:
+        return doc
+
+    def walk(o):
+        if isinstance(o, dict) and set(o) == {"@"}:
+            key, offset, shape = o["@"]
+            n = int(np.prod(shape)) if shape else 1
+            return store[key][offset:offset + n].reshape(shape).clone()
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+    return {k: walk(v) for k, v in doc.items()}
+
+
 def save(doc: dict, path: Path) -> int:
     """Write the export atomically; returns its size in bytes."""
     from .store import atomic_torch_save
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(doc, path)
+    atomic_torch_save(_pack_store(doc), path)
     return path.stat().st_size
+
+
+def read(path: Path) -> dict:
+    """The export document of ``path`` (tensors restored from the flat store)."""
+    from .store import load_torch
+    doc = load_torch(Path(path))
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); make one with "
+                       f"run_bench.py export RUN_DIR --out FILE")
+    return _unpack_store(doc)
 
 
 def recorded(path: Path) -> dict:
     """What the run recorded for its final epoch (epoch, test loss, top-1, top-5), kept in the export."""
-    from .store import load_torch
-    return dict(load_torch(Path(path)).get("recorded") or {})
+    return dict(read(path).get("recorded") or {})
 
 
 def load_exported(path: Path) -> tuple[object, nn.Module]:
     """(RunSpec, the rebuilt model in eval mode) from an export file."""
     from .spec import RunSpec
-    from .store import load_torch
     from .trainer import run_model
-    doc = load_torch(Path(path))
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); make one with "
-                       f"run_bench.py export RUN_DIR --out FILE")
+    doc = read(path)
     if doc.get("version") != VERSION:
         raise RunError(f"{path}: export version {doc.get('version')!r} is not supported (this bnnbench reads "
                        f"version {VERSION})")
