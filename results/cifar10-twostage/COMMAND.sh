@@ -13,3 +13,4 @@ COMMON=(--recipe cifar10-cresnet20-twostage --data-root "$DATA" --epochs 4 --see
 "$PY" run_bench.py "${COMMON[@]}" --set train_subset=20000 warmup_epochs=1
 "$PY" run_bench.py "${COMMON[@]}" --set train_subset=20000 warmup_epochs=1 distill_weight=1.0
 "$PY" run_bench.py report --out results/cifar10-twostage --format md
+"$PY" results/cifar10-twostage/compare.py | tee results/cifar10-twostage/compare.md
