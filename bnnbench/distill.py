@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError, RunError
+from .errors import ConfigError
 
 
 def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
@@ -73,21 +73,9 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
     return model
 
 
-def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
-    """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
-    not (a dependent run is reported as failed, not started)."""
-    from .store import RunDir
-    d = RunDir(runs_dir / ref["name"])
-    res = d.read_result()
-    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
-        state = "missing" if res is None else res.get("status")
-        raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
-                       f"the same sweep, see that run's result.json")
-    return d.path
-
-
 def load_teacher(ref: dict, runs_dir: Path, data_root: Path, device: torch.device, num_classes: int) -> nn.Module:
     """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, or ``{"torchvision"}``)."""
+    from .stages import finished_dependency
     from .trainer import trained_model
     if "torchvision" in ref:
         model = torchvision_teacher(ref["torchvision"], num_classes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -115,3 +116,17 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
 def dependencies(spec) -> list[dict]:
     """The runs ``spec`` needs finished first: [{"run": hash, "name": dir name}, ...]."""
     return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]
+
+
+def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
+    """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
+    not (a dependent run is reported as failed, not started)."""
+    from .errors import RunError
+    from .store import RunDir
+    d = RunDir(runs_dir / ref["name"])
+    res = d.read_result()
+    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
+        state = "missing" if res is None else res.get("status")
+        raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
+                       f"the same sweep, see that run's result.json")
+    return d.path

@@ -364,7 +364,7 @@ class Run:
         from .checkpoints import describe_init, init_from, resolve_init
         init = dict(self.spec.init_from)
         if "sha256" not in init:  # a stage: the final checkpoint of the stage before it, which must be done
-            from .distill import finished_dependency
+            from .stages import finished_dependency
             init = {**resolve_init(finished_dependency(self.dir.path.parent, init, "init")), "run": init["run"]}
         report = init_from(self.net, init)
         self.tracker = FlipTracker(self.net)  # flips count from the loaded weights
