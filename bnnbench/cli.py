@@ -76,7 +76,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per method x backbone (default 1)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded, shown in tables)")
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override recipe training settings, e.g. --set train_subset=10000 batch_size=128")
+                   help="override recipe training settings, e.g. --set train_subset=10000 batch_size=128; "
+                        "SCOPE.KEY=VALUE changes only a stage's or the teacher's runs, e.g. teacher.epochs=16")
     p.add_argument("--hp", nargs="+", action="extend", default=[], metavar="METHOD.KEY=VALUE",
                    help="override method hyperparameters, e.g. --hp ovsw.delta=0.02 recu.tau_max=0.98")
     p.add_argument("--data-root", type=Path, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
@@ -243,10 +244,11 @@ def plan(args) -> tuple[list, object]:
         raise ConfigError(f"--seeds {args.seeds}: must be between 1 and 10000")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs}: must be at least 1")
-    sets = parse_assignments(args.sets, "--set")
-    hps = _cli_hparams(args, methods)
     from .checkpoints import resolve_init
-    from .stages import expand
+    from .stages import expand, split_scoped
+    sets, scoped = split_scoped(parse_assignments(args.sets, "--set"), recipe.stages, recipe.teacher,
+                                f"recipe {recipe.path}")
+    hps = _cli_hparams(args, methods)
     init = resolve_init(args.init_from) if getattr(args, "init_from", None) else {}
     overrides = {**dict(sets), **({"epochs": args.epochs} if args.epochs is not None else {}),
                  **({"deterministic": True} if getattr(args, "deterministic", False) else {})}
@@ -266,7 +268,7 @@ def plan(args) -> tuple[list, object]:
                             plugins=plugins, download=not args.no_download)
                 make = functools.partial(_make_spec, base, hp_changes, init)
                 specs.extend(expand(recipe.stages, recipe.teacher, train, changes, make, f"recipe {recipe.path}",
-                                    overrides))
+                                    overrides, scoped))
     return list({s.name: s for s in specs}.values()), recipe  # a shared teacher is one run
 
 

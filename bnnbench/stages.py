@@ -12,7 +12,9 @@ A recipe may declare, next to ``train``::
         init: stage1
         train: {binarize: all, epochs: 4, distill_weight: 1.0}
 
-Each stage's settings are the recipe's (after the track and ``--set``) with the stage's changes on top.
+Each stage's settings are the recipe's (after the track) with the stage's changes on top, then the
+command line's ``--set KEY=VALUE`` / ``--epochs`` (every run), then ``--set SCOPE.KEY=VALUE`` (only the
+runs of ``SCOPE``: ``teacher`` or a stage name, e.g. ``--set teacher.epochs=16``; see :func:`split_scoped`).
 For every method x backbone x seed, :func:`expand` gives the teacher run (when a stage distils from it),
 then the stages in order (leaderboard rows ``ovsw@teacher``, ``ovsw@stage1``, ...; stage settings come from
 the recipe, so they are not "changes"); each run records what it depends on (``init_from`` and ``teacher``: the run's
@@ -74,17 +76,49 @@ def parse_teacher(doc: Any, where: str) -> dict | None:
     return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True), "method": method}
 
 
-def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
-           make: Callable[..., Any], where: str, overrides: dict | None = None) -> list:
-    """The runs of one method x backbone x seed, dependencies first. ``make(train, changes, **fields)``
-    builds a RunSpec from validated settings; ``train`` are the recipe's settings for this method and
-    ``overrides`` the command line's (``--set``, ``--epochs``), which win over a stage's own."""
-    from .recipes import check_train
-    overrides = overrides or {}
+TEACHER_FORCED = {"binarize": "none", "distill_weight": 0.0}   # a teacher is a full-precision run
 
-    def settings(extra: dict, what: str, force: dict | None = None) -> dict:
-        return check_train({**copy.deepcopy(train), **extra, **overrides, **(force or {})}, f"{where}, {what}",
-                           partial=False)
+
+def split_scoped(sets: list[tuple[str, Any]], stages: list[dict], teacher: dict | None,
+                 where: str) -> tuple[list[tuple[str, Any]], dict[str, dict]]:
+    """``--set`` pairs split into those for every run and ``{scope: {key: value}}`` for ``SCOPE.KEY=VALUE``,
+    where SCOPE is ``teacher`` (a teacher run of the suite) or one of the recipe's stage names."""
+    scopes = [s["name"] for s in stages] + (["teacher"] if teacher and "train" in teacher else [])
+    plain, scoped = [], {}
+    for key, value in sets:
+        if "." not in key:
+            plain.append((key, value))
+            continue
+        scope, name = key.split(".", 1)
+        if scope not in scopes:
+            raise ConfigError(f"--set {key}={value}: {scope!r} is not a stage or teacher of {where} "
+                              f"(scopes: {', '.join(scopes) or 'none, the recipe has no stages or teacher run'})")
+        if scope == "teacher" and name in TEACHER_FORCED:
+            raise ConfigError(f"--set {key}={value}: the teacher is always a full-precision run "
+                              f"({', '.join(f'{k}={v}' for k, v in TEACHER_FORCED.items())})")
+        if name == "method_hparams":
+            raise ConfigError(f"--set {key}: use --hp METHOD.KEY=VALUE for method hyperparameters")
+        scoped.setdefault(scope, {})[name] = value
+    return plain, scoped
+
+
+def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
+           make: Callable[..., Any], where: str, overrides: dict | None = None,
+           scoped: dict[str, dict] | None = None) -> list:
+    """The runs of one method x backbone x seed, dependencies first. ``make(train, changes, **fields)``
+    builds a RunSpec from validated settings; ``train`` are the recipe's settings for this method,
+    ``overrides`` the command line's for every run (``--set``, ``--epochs``), which win over a stage's own,
+    and ``scoped`` the command line's per scope (``--set teacher.epochs=16``), which win over both and are
+    listed among that run's changes."""
+    from .recipes import check_train
+    overrides, scoped = overrides or {}, scoped or {}
+
+    def settings(extra: dict, scope: str, force: dict | None = None) -> dict:
+        what = "teacher" if scope == "teacher" else f"stage {scope}" if scope else "train"
+        mine = scoped.get(scope, {})
+        flag = f" and --set {', '.join(f'{scope}.{k}' for k in mine)}" if mine else ""
+        return check_train({**copy.deepcopy(train), **extra, **overrides, **mine, **(force or {})},
+                           f"{where}, {what}{flag}", partial=False)
 
     runs, ref = [], {}
     uses_teacher = any((s["train"].get("distill_weight") or 0) > 0 for s in stages) or train["distill_weight"] > 0
@@ -95,19 +129,18 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
             ref = {"torchvision": teacher["torchvision"]}
         else:
             shared = {"method": teacher["method"]} if teacher.get("method") else {}
-            forced = {"binarize": "none", "distill_weight": 0.0}
-            kept = {k: v for k, v in changes.items() if k not in forced}
-            t = make(settings(teacher["train"], "teacher", forced), kept, stage="teacher", **shared)
+            kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
+            t = make(settings(teacher["train"], "teacher", TEACHER_FORCED), kept, stage="teacher", **shared)
             runs.append(t)
             ref = {"run": t.hash, "name": t.name}
     made: dict[str, Any] = {}
     for st in stages or [{"name": "", "train": {}, "init": None}]:
-        s_train = settings(st["train"], f"stage {st['name']}" if st["name"] else "train")
+        s_train = settings(st["train"], st["name"])
         fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
         if st["init"]:
             dep = made[st["init"]]
             fields["init_from"] = {"run": dep.hash, "name": dep.name}
-        spec = make(s_train, changes, **fields)
+        spec = make(s_train, {**changes, **scoped.get(st["name"], {})}, **fields)
         made[st["name"]] = spec
         runs.append(spec)
     return runs

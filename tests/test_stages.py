@@ -35,6 +35,28 @@ def test_dependencies_come_first_and_are_part_of_the_identity():
     assert other[2].init_from["run"] != s2.init_from["run"] and other[2].hash != s2.hash
 
 
+def test_scoped_sets_change_only_their_stage_or_the_teacher():
+    base = specs(*TINY)
+    runs = specs(*TINY, "teacher.epochs=5", "stage2.lr=0.01")
+    teacher, s1, s2 = runs[:3]
+    assert (teacher.settings.epochs, s1.settings.epochs, s2.settings.epochs) == (5, 2, 2)
+    assert (teacher.settings.lr, s1.settings.lr, s2.settings.lr) == (base[0].settings.lr, base[1].settings.lr, 0.01)
+    assert teacher.changes["epochs"] == 5 and s2.changes["lr"] == 0.01 and "lr" not in s1.changes
+    assert s1.teacher["run"] == teacher.hash != base[0].hash      # a longer teacher is another dependency
+    assert [(s.stage, s.settings.epochs) for s in runs[3:]] == [("teacher", 5), ("stage1", 2), ("stage2", 2)]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["stage3.lr=0.1"], "'stage3' is not a stage or teacher"),
+    (["teacher.binarize=all"], "always a full-precision run"),
+    (["teacher.method_hparams=1"], "use --hp"),
+    (["stage1.epochs=0"], "stage stage1 and --set stage1.epochs"),
+])
+def test_bad_scoped_sets_are_refused(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        specs(*TINY, *extra)
+
+
 @pytest.mark.parametrize("doc,message", [
     ({"stages": [{"name": "b", "init": "a"}]}, "must name an earlier stage"),
     ({"stages": [{"name": "a", "train": {"distill_weight": 1.0}}]}, "needs a teacher section"),
