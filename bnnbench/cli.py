@@ -402,8 +402,9 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console, logger
                 failures += 1
                 console.print(f"[red]run failed:[/red] {escape(str(result.reason))}")
             else:
+                silent = "" if result.silent is None else f"silent {100 * result.silent:.1f}%  "
                 console.print(f"  final top-1 {result.final_top1:.2f}  best {result.best_top1:.2f}  "
-                              f"silent {100 * result.silent:.1f}%  {result.wall_time_s:.0f}s")
+                              f"{silent}{result.wall_time_s:.0f}s")
         finally:
             if ddp.is_main():
                 faults.point("after_result")

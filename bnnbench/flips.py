@@ -12,8 +12,10 @@ synchronisation; :meth:`FlipTracker.epoch_stats` (once per epoch) reads the numb
 * ``flip_net``    = mean(sign at epoch end != sign at epoch start);
 * ``net_change``  = mean(sign now != s0): a weight can flip an even number of times.
 
-Each is reported per layer and numel-weighted over all binary layers. A step skipped by AMP's
-GradScaler leaves the weights unchanged and records no flip.
+Each is reported per layer and numel-weighted over all binary layers. Only layers that binarise their
+weights are tracked (``binary_weights``; not in a teacher or a stage-1 run, ``binarize`` setting): with
+real-valued weights there is no binary weight to stay silent, and the figures are None. A step skipped by
+AMP's GradScaler leaves the weights unchanged and records no flip.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .layers import BinaryConv2d, binary_layers
 
 class FlipTracker:
     def __init__(self, model: nn.Module, keep_init: bool = True):
-        self.layers: list[tuple[str, BinaryConv2d]] = binary_layers(model)
+        self.layers: list[tuple[str, BinaryConv2d]] = [(n, m) for n, m in binary_layers(model) if m.binary_weights]
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.init_weights: dict[str, torch.Tensor] = {}
         with torch.no_grad():

@@ -26,8 +26,8 @@ def _plt():
     return plt
 
 
-def _group_runs(runs: list) -> dict[tuple, dict[str, Path]]:
-    """{(recipe, track, backbone, epochs, full data): {row label: run directory of its first seed}}."""
+def _group_runs(runs: list) -> dict[tuple, dict[str, object]]:
+    """{(recipe, track, backbone, epochs, full data): {row label: the StoredRun of its first seed}}."""
     from .report import row_labels
     labels = row_labels([s.result for s in runs])
     groups: dict[tuple, dict[str, Path]] = defaultdict(dict)
@@ -35,7 +35,7 @@ def _group_runs(runs: list) -> dict[tuple, dict[str, Path]]:
         r = s.result
         if r.status != "done":
             continue
-        groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))].setdefault(labels[r.group], s.path)
+        groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))].setdefault(labels[r.group], s)
     return groups
 
 
@@ -68,7 +68,10 @@ def plot_curves(runs: list, out: Path) -> dict[Path, int]:
             fig, ax = plt.subplots(figsize=(6.4, 4.0))
             n = 0
             for label in sorted(by_method):
-                rows = RunDir(by_method[label]).read_metrics()
+                run = by_method[label]
+                if key == "flip_any" and run.result.flip_any is None:
+                    continue   # real-valued weights (a teacher, stage 1): no flips to plot, bnnbench/flips.py
+                rows = RunDir(run.path).read_metrics()
                 xs = [r["epoch"] + 1 for r in rows if r.get(key) is not None]
                 ys = [scale * r[key] for r in rows if r.get(key) is not None]
                 if xs:

@@ -63,6 +63,14 @@ def variant_label(method: str, changes: Mapping[str, Any], shared: Mapping[str, 
     return method + at + "[" + ",".join(f"{k.removeprefix(prefix)}={diff[k]}" for k in sorted(diff)) + "]"
 
 
+def _dependency(ref: Mapping[str, Any], with_seed: bool, prefix: str = "") -> str:
+    """A run another run depends on, in the identity: its hash, or its group in the seed-free identity (where
+    the reference records one; bnnbench/stages.py ``reference``)."""
+    if with_seed or not ref.get("group"):
+        return prefix + ref["run"]
+    return f"group:{ref['group']}"
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -89,7 +97,8 @@ class RunSpec:
     init_from: Mapping[str, Any] = field(default_factory=dict)
     #: two-stage track (bnnbench/stages.py): the recipe stage this run is ("" for a single-stage run,
     #: "teacher"), and the teacher it distils from ({"run", "name"} or {"torchvision": model}); both in the
-    #: identity only when set. A stage's init_from is {"run": hash, "name": dir name} of the stage before it.
+    #: identity only when set. A stage's init_from is {"run": hash, "name": dir name, "group"} of the stage
+    #: before it.
     stage: str = ""
     teacher: Mapping[str, Any] = field(default_factory=dict)
     download: bool = True  # not part of the identity
@@ -101,11 +110,12 @@ class RunSpec:
                  "backbone_options": dict(self.backbone_options), "method": self.method,
                  "method_hparams": dict(self.method_hparams), "settings": settings, "plugins": dict(self.plugins)}
         if self.init_from:
-            ident["init_from"] = self.init_from.get("sha256") or f"run:{self.init_from['run']}"
+            ident["init_from"] = self.init_from.get("sha256") or _dependency(self.init_from, with_seed, "run:")
         if self.stage:
             ident["stage"] = self.stage
         if self.teacher:
-            ident["teacher"] = self.teacher.get("run") or f"torchvision:{self.teacher['torchvision']}"
+            ident["teacher"] = (_dependency(self.teacher, with_seed) if self.teacher.get("run")
+                                else f"torchvision:{self.teacher['torchvision']}")
         if with_seed:
             ident["seed"] = self.seed
         return ident
@@ -248,6 +258,8 @@ class RunResult:
         kw.setdefault("spec_hash", spec.hash)
         kw["group"], kw["label"], kw["changes"] = spec.group, spec.label, dict(spec.changes)
         kw["stage"] = spec.stage
+        if spec.settings.binarize != "all":  # real-valued weights: no silent/flip figures (bnnbench/flips.py;
+            kw.update(silent=None, flip_any=None, flip_net=None, net_change=None)  # results before it had them)
         kw.setdefault("full_data", spec.full_data)
         kw.setdefault("epochs_overridden", spec.epochs_overridden)
         return cls(**kw)

@@ -17,10 +17,12 @@ command line's ``--set KEY=VALUE`` / ``--epochs`` (every run), then ``--set SCOP
 runs of ``SCOPE``: ``teacher`` or a stage name, e.g. ``--set teacher.epochs=16``; see :func:`split_scoped`).
 For every method x backbone x seed, :func:`expand` gives the teacher run (when a stage distils from it),
 then the stages in order (leaderboard rows ``ovsw@teacher``, ``ovsw@stage1``, ...; stage settings come from
-the recipe, so they are not "changes"); each run records what it depends on (``init_from`` and ``teacher``: the run's
-hash and directory), which is part of its identity. The runner runs them in that order, skips what is
-done and resumes what was interrupted; a run whose dependency is not done fails with that reason and is
-not started. Under Slurm, dependent runs are submitted after (``afterany``) the jobs they depend on.
+the recipe, so they are not "changes"); each run records what it depends on (``init_from`` and
+``teacher``: the run's hash, directory and group), which is part of its identity; in its group (the
+seed-free identity) the dependency's group stands instead, so that the seeds of one stage share a
+leaderboard row. The runner runs them in that order, skips what is done and resumes what was interrupted;
+a run whose dependency is not done fails with that reason and is not started. Under Slurm, dependent
+runs are submitted after (``afterany``) the jobs they depend on.
 """
 from __future__ import annotations
 
@@ -108,8 +110,9 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
     """The runs of one method x backbone x seed, dependencies first. ``make(train, changes, **fields)``
     builds a RunSpec from validated settings; ``train`` are the recipe's settings for this method,
     ``overrides`` the command line's for every run (``--set``, ``--epochs``), which win over a stage's own,
-    and ``scoped`` the command line's per scope (``--set teacher.epochs=16``), which win over both and are
-    listed among that run's changes."""
+    and ``scoped`` the command line's per scope (``--set teacher.epochs=16``), which win over both; they are
+    listed among that run's changes (``epochs``) and, prefixed, among the changes of the runs that depend on
+    it (``teacher.epochs``), so their rows' labels tell them apart."""
     from .recipes import check_train
     overrides, scoped = overrides or {}, scoped or {}
 
@@ -120,9 +123,10 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
         return check_train({**copy.deepcopy(train), **extra, **overrides, **mine, **(force or {})},
                            f"{where}, {what}{flag}", partial=False)
 
-    runs, ref = [], {}
-    uses_teacher = any((s["train"].get("distill_weight") or 0) > 0 for s in stages) or train["distill_weight"] > 0
-    if uses_teacher:
+    stage_list = stages or [{"name": "", "train": {}, "init": None}]
+    stage_train = [settings(st["train"], st["name"]) for st in stage_list]
+    runs, ref, carried = [], {}, {}
+    if any(t["distill_weight"] > 0 for t in stage_train):
         if teacher is None:
             raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
         if "torchvision" in teacher:
@@ -132,18 +136,27 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
             kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
             t = make(settings(teacher["train"], "teacher", TEACHER_FORCED), kept, stage="teacher", **shared)
             runs.append(t)
-            ref = {"run": t.hash, "name": t.name}
-    made: dict[str, Any] = {}
-    for st in stages or [{"name": "", "train": {}, "init": None}]:
-        s_train = settings(st["train"], st["name"])
+            ref, carried["teacher"] = reference(t), _prefixed("teacher", scoped)
+    for st, s_train in zip(stage_list, stage_train):
         fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
+        inherited = dict(carried["teacher"]) if fields["teacher"] and "teacher" in carried else {}
         if st["init"]:
-            dep = made[st["init"]]
-            fields["init_from"] = {"run": dep.hash, "name": dep.name}
-        spec = make(s_train, {**changes, **scoped.get(st["name"], {})}, **fields)
-        made[st["name"]] = spec
-        runs.append(spec)
+            fields["init_from"] = reference(next(r for r in runs if r.stage == st["init"]))
+            inherited.update(carried[st["init"]])
+        carried[st["name"]] = {**inherited, **_prefixed(st["name"], scoped)}
+        runs.append(make(s_train, {**changes, **inherited, **scoped.get(st["name"], {})}, **fields))
     return runs
+
+
+def _prefixed(scope: str, scoped: dict[str, dict]) -> dict:
+    """A scope's command-line changes as a dependent run lists them: ``{"teacher.epochs": 16}``."""
+    return {f"{scope}.{k}": v for k, v in scoped.get(scope, {}).items()}
+
+
+def reference(spec) -> dict:
+    """How a dependent run names ``spec``: its hash (identity), directory and group. The group stands for the
+    dependency in the dependent run's own group, so a stage's seeds form one leaderboard row."""
+    return {"run": spec.hash, "name": spec.name, "group": spec.group}
 
 
 def dependencies(spec) -> list[dict]:

@@ -17,6 +17,7 @@ values (``integrity``), checked on load. Nothing is ever loaded with ``weights_o
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -207,7 +208,23 @@ class RunDir:
             doc = yaml.safe_load(p.read_text())
         except (OSError, UnicodeError, yaml.YAMLError) as exc:
             raise RunError(f"{p} is unreadable ({type(exc).__name__}: {exc})") from None
-        return RunSpec.from_dict(doc, where=str(p))
+        return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(p)))
+
+    def _with_dependency_groups(self, spec):
+        """A run written before dependency references carried their run's group (bnnbench/stages.py
+        ``reference``) gets it from the dependency's config.yaml beside it, when that is there and readable;
+        the hash does not involve the group, only the leaderboard row does."""
+        fixes = {}
+        for name in ("init_from", "teacher"):
+            ref = dict(getattr(spec, name))
+            dep = self.path.parent / ref["name"] if ref.get("run") and ref.get("name") else None
+            if dep is None or ref.get("group") or not (dep / CONFIG).exists():
+                continue
+            try:
+                fixes[name] = {**ref, "group": RunDir(dep).read_spec().group}
+            except RunError:
+                continue
+        return dataclasses.replace(spec, **fixes) if fixes else spec
 
     def prepare(self, spec, force: bool = False, since: float | None = None) -> str:
         """Claim this run for training and write its config: "run", or the reason it is not run here.

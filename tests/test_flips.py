@@ -69,3 +69,17 @@ def test_state_round_trip():
     tr2 = FlipTracker(model)
     tr2.load_state_dict(tr.state_dict())
     assert tr2.epoch_stats() == tr.epoch_stats()
+
+
+@pytest.mark.parametrize("mode,tracked", [("all", True), ("activations", False), ("none", False)])
+def test_only_layers_with_binary_weights_are_tracked(mode, tracked):
+    method = METHODS.get("ovsw")()
+    model = nn.Sequential(method.conv(1, 1, (1, 4)), method.conv(1, 1, (1, 1)))
+    method.set_binarize(model, mode)
+    tr = FlipTracker(model)
+    set_w(model, [-0.5, 0.5, 0.5, 0.5])
+    tr.step()
+    stats = tr.epoch_stats()
+    assert (stats["silent"] is not None) == tracked and bool(tr.never_flipped()) == tracked
+    if not tracked:   # real-valued weights: nothing to stay silent, no figure rather than a meaningless one
+        assert stats == {"silent": None, "flip_any": None, "flip_net": None, "net_change": None, "layers": {}}

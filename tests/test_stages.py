@@ -1,4 +1,5 @@
 """Runs that depend on runs (bnnbench/stages.py), stage binarisation, and distillation (bnnbench/distill.py)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,8 +28,9 @@ def test_dependencies_come_first_and_are_part_of_the_identity():
     assert [s.stage for s in runs] == ["teacher", "stage1", "stage2"] * 2
     teacher, s1, s2 = runs[:3]
     assert teacher.settings.binarize == "none" and teacher.settings.distill_weight == 0
-    assert s1.settings.binarize == "activations" and s1.teacher == {"run": teacher.hash, "name": teacher.name}
-    assert s2.settings.binarize == "all" and s2.init_from == {"run": s1.hash, "name": s1.name}
+    assert s1.settings.binarize == "activations" and s1.teacher == {"run": teacher.hash, "name": teacher.name,
+                                                                    "group": teacher.group}
+    assert s2.settings.binarize == "all" and s2.init_from == {"run": s1.hash, "name": s1.name, "group": s1.group}
     assert s2.identity()["init_from"] == f"run:{s1.hash}" and s2.identity()["teacher"] == teacher.hash
     assert all(s.settings.epochs == 2 for s in runs)         # --epochs wins over a stage's own
     other = specs("--epochs", "3", "--set", "train_subset=320", "warmup_epochs=0")
@@ -42,8 +44,23 @@ def test_scoped_sets_change_only_their_stage_or_the_teacher():
     assert (teacher.settings.epochs, s1.settings.epochs, s2.settings.epochs) == (5, 2, 2)
     assert (teacher.settings.lr, s1.settings.lr, s2.settings.lr) == (base[0].settings.lr, base[1].settings.lr, 0.01)
     assert teacher.changes["epochs"] == 5 and s2.changes["lr"] == 0.01 and "lr" not in s1.changes
+    # the runs that depend on a changed run list that change, prefixed: their labels tell them apart
+    assert s1.changes["teacher.epochs"] == 5 and s2.changes["teacher.epochs"] == 5
+    assert s2.label == "ovsw@stage2[lr=0.01,teacher.epochs=5,train_subset=320,warmup_epochs=0]"
+    assert "stage2.lr" not in s1.changes and "teacher.epochs" not in teacher.changes
+    init_only = specs(*TINY, "stage1.lr=0.02", "stage1.distill_weight=0")
+    assert init_only[1].changes["lr"] == 0.02 and init_only[2].changes["stage1.lr"] == 0.02
+    assert not init_only[1].teacher and "stage1.distill_weight" in init_only[2].changes
     assert s1.teacher["run"] == teacher.hash != base[0].hash      # a longer teacher is another dependency
     assert [(s.stage, s.settings.epochs) for s in runs[3:]] == [("teacher", 5), ("stage1", 2), ("stage2", 2)]
+
+
+def test_a_scoped_distill_weight_alone_brings_the_teacher():
+    runs = specs(*TINY, "distill_weight=0", "stage2.distill_weight=1.0")
+    assert [s.stage for s in runs] == ["teacher", "stage1", "stage2"] * 2
+    assert not runs[1].teacher and runs[2].teacher["run"] == runs[0].hash
+    none = specs(*TINY, "distill_weight=0")
+    assert [s.stage for s in none] == ["stage1", "stage2"] * 2 and not any(s.teacher for s in none)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -55,6 +72,23 @@ def test_scoped_sets_change_only_their_stage_or_the_teacher():
 def test_bad_scoped_sets_are_refused(extra, message):
     with pytest.raises(ConfigError, match=message):
         specs(*TINY, *extra)
+
+
+def test_the_seeds_of_a_stage_share_one_group_and_old_references_get_it_on_read(tmp_path):
+    runs = specs(*TINY, "--seeds", "2", "--methods", "ovsw")
+    by_stage = {}
+    for s in runs:
+        by_stage.setdefault(s.stage, []).append(s)
+    for stage, (a, b) in by_stage.items():   # seed 0 and 1 of each stage: one leaderboard row, two runs
+        assert a.group == b.group and a.hash != b.hash, stage
+    # a run written when references were {"run", "name"} only: its group comes from the dependency's config
+    t, s1 = by_stage["teacher"][0], by_stage["stage1"][0]
+    for spec in (t, dataclasses.replace(s1, teacher={"run": t.hash, "name": t.name})):
+        d = RunDir(tmp_path / spec.name)
+        d.path.mkdir()
+        d.file("config.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    old = RunDir(tmp_path / s1.name).read_spec()
+    assert old.teacher["group"] == t.group and old.group == s1.group and old.hash == s1.hash
 
 
 @pytest.mark.parametrize("doc,message", [
