@@ -81,6 +81,11 @@ def main() -> None:
               for j, c in enumerate(diffs)]
         print(f"| {method} | {cell(single)} | " + " | ".join(cell(v) for v in variants) + " | "
               + " | ".join(ds) + " |")
+    print("\nTeacher strength, two-stage + KD, 16-ep minus 4-ep teacher (paired on seeds, Holm over the methods):")
+    pairs = [(m, compare(v[2], v[1])) for m, _, v, _ in rows]
+    adj = holm([c.p if c else 1.0 for _, c in pairs])
+    for (method, c), p in zip(pairs, adj):
+        print(f"- {method}: " + (f"{c.diff:+.2f} [{c.low:+.2f}, {c.high:+.2f}], p_Holm {p:.3f}" if c else "-"))
     print()
     for t in TEACHERS:
         print(f"FP teacher (xnor@teacher, binarize: none, {t} epochs): {cell(teachers(t))}")
