@@ -138,7 +138,7 @@ def _fmt_time(s: float | None) -> str:
 def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[dict]:
     """Group runs into tables; each table is {'title', 'rows': [dict per configuration]} (sorted, stable).
 
-    One table per (recipe, track, dataset, backbone, epochs, --epochs override, full data); one row per
+    One table per (recipe, track, dataset, backbone, epochs, epochs changed from the recipe, full data); one row per
     run group (the RunSpec without the seed): only seeds of one configuration are averaged.
     """
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
@@ -157,7 +157,8 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[d
                      [deploys.get(id(r)) for r in by_group[g]])
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
         add_statistics(rows, baseline)
-        sched = f"{epochs} epochs" + (" (--epochs override)" if overridden else "") + ("" if full else ", data subset")
+        sched = (f"{epochs} epochs" + (" (changed from the recipe)" if overridden else "")
+                 + ("" if full else ", data subset"))
         shared = common_changes(groups[key])
         if shared:
             sched += "; all rows: " + ", ".join(f"{k}={shared[k]}" for k in sorted(shared))
