@@ -93,8 +93,11 @@ def split_scoped(sets: list[tuple[str, Any]], stages: list[dict], teacher: dict 
             continue
         scope, name = key.split(".", 1)
         if scope not in scopes:
+            from .registry import METHODS
+            hint = f"; for a method hyperparameter use --hp {key}={value}" if scope in METHODS.names() else ""
             raise ConfigError(f"--set {key}={value}: {scope!r} is not a stage or teacher of {where} "
-                              f"(scopes: {', '.join(scopes) or 'none, the recipe has no stages or teacher run'})")
+                              f"(scopes: {', '.join(scopes) or 'none, the recipe has no stages or teacher run'})"
+                              f"{hint}")
         if scope == "teacher" and name in TEACHER_FORCED:
             raise ConfigError(f"--set {key}={value}: the teacher is always a full-precision run "
                               f"({', '.join(f'{k}={v}' for k, v in TEACHER_FORCED.items())})")

@@ -65,6 +65,7 @@ def test_a_scoped_distill_weight_alone_brings_the_teacher():
 
 @pytest.mark.parametrize("extra,message", [
     (["stage3.lr=0.1"], "'stage3' is not a stage or teacher"),
+    (["ovsw.delta=0.1"], "use --hp ovsw.delta=0.1"),
     (["teacher.binarize=all"], "always a full-precision run"),
     (["teacher.method_hparams=1"], "use --hp"),
     (["stage1.epochs=0"], "stage stage1 and --set stage1.epochs"),
