@@ -91,8 +91,10 @@ def split_scoped(sets: list[tuple[str, Any]], stages: list[dict], teacher: dict 
         if "." not in key:
             plain.append((key, value))
             continue
-        scope, name = key.split(".", 1)
-        if scope not in scopes:
+        matches = [sc for sc in scopes if key.startswith(sc + ".")]   # stage names may contain '.'
+        scope = max(matches, key=len) if matches else key.split(".", 1)[0]
+        name = key[len(scope) + 1:]
+        if not matches:
             from .registry import METHODS
             hint = f"; for a method hyperparameter use --hp {key}={value}" if scope in METHODS.names() else ""
             raise ConfigError(f"--set {key}={value}: {scope!r} is not a stage or teacher of {where} "

@@ -55,6 +55,13 @@ def test_scoped_sets_change_only_their_stage_or_the_teacher():
     assert [(s.stage, s.settings.epochs) for s in runs[3:]] == [("teacher", 5), ("stage1", 2), ("stage2", 2)]
 
 
+def test_a_stage_name_with_a_dot_is_a_scope():
+    from bnnbench.stages import split_scoped
+    stages = [{"name": "s.1", "train": {}, "init": None}, {"name": "s", "train": {}, "init": None}]
+    plain, scoped = split_scoped([("lr", 0.1), ("s.1.lr", 0.2), ("s.lr", 0.3)], stages, None, "recipe r")
+    assert plain == [("lr", 0.1)] and scoped == {"s.1": {"lr": 0.2}, "s": {"lr": 0.3}}
+
+
 def test_a_scoped_distill_weight_alone_brings_the_teacher():
     runs = specs(*TINY, "distill_weight=0", "stage2.distill_weight=1.0")
     assert [s.stage for s in runs] == ["teacher", "stage1", "stage2"] * 2
