@@ -30,7 +30,7 @@ def _group_runs(runs: list) -> dict[tuple, dict[str, object]]:
     """{(recipe, track, backbone, epochs, full data): {row label: the StoredRun of its first seed}}."""
     from .report import row_labels
     labels = row_labels([s.result for s in runs])
-    groups: dict[tuple, dict[str, Path]] = defaultdict(dict)
+    groups: dict[tuple, dict[str, object]] = defaultdict(dict)
     for s in sorted(runs, key=lambda s: (s.result.seed, s.name)):
         r = s.result
         if r.status != "done":

@@ -96,7 +96,7 @@ class RunSpec:
     #: part of the identity (only when set, so runs made before the field existed keep their hash)
     init_from: Mapping[str, Any] = field(default_factory=dict)
     #: two-stage track (bnnbench/stages.py): the recipe stage this run is ("" for a single-stage run,
-    #: "teacher"), and the teacher it distils from ({"run", "name"} or {"torchvision": model}); both in the
+    #: "teacher"), and the teacher it distils from ({"run", "name", "group"} or {"torchvision": model}); both in the
     #: identity only when set. A stage's init_from is {"run": hash, "name": dir name, "group"} of the stage
     #: before it.
     stage: str = ""

@@ -9,50 +9,45 @@ Run from the repository root:
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bnnbench.stats import compare, holm, mean_interval  # noqa: E402
+from bnnbench.store import RunDir  # noqa: E402
 
 SEEDS = (0, 1)
 TEACHERS = (4, 16)            # the KD variants: epochs of the teacher run
 
 
-def teacher_epochs(run: Path) -> int | None:
+def done_runs(folder: str):
+    """(run directory, result) of every finished run under ``folder/runs``, seeds 0 and 1."""
+    for d in sorted((ROOT / folder / "runs").iterdir()):
+        res = RunDir(d).read_result()
+        if res and res["status"] == "done" and res["seed"] in SEEDS:
+            yield RunDir(d), res
+
+
+def teacher_epochs(run: RunDir) -> int | None:
     """Epochs of the teacher run this run distilled from (None: no teacher)."""
-    ref = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("teacher") or {}
-    if not ref.get("name"):
-        return None
-    return json.loads((run.parent / ref["name"] / "result.json").read_text())["epochs"]
+    ref = run.read_spec().teacher
+    return RunDir(run.path.parent / ref["name"]).read_result()["epochs"] if ref.get("name") else None
 
 
 def finals(folder: str, method: str, stage: str, teacher: int | None) -> dict[int, float]:
-    out = {}
-    for d in sorted((ROOT / folder / "runs").iterdir()):
-        res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else None
-        if not res or res["status"] != "done" or res["method"] != method or res.get("stage", "") != stage:
-            continue
-        if res["seed"] in SEEDS and teacher_epochs(d) == teacher \
-                and not any(k.startswith(f"{method}.") for k in res["changes"]):
-            out[res["seed"]] = res["final_top1"]
-    return out
+    """Final top-1 by seed of ``method``'s ``stage`` runs that distilled from a ``teacher``-epoch teacher
+    (None: no distillation), without method hyperparameter changes."""
+    return {res["seed"]: res["final_top1"] for d, res in done_runs(folder)
+            if res["method"] == method and res.get("stage", "") == stage and teacher_epochs(d) == teacher
+            and not any(k.startswith(f"{method}.") for k in res["changes"])}
 
 
 def teachers(epochs: int) -> dict[int, float]:
     """Final top-1 of the finished teacher runs of ``epochs`` epochs, by seed."""
-    out = {}
-    for d in sorted((ROOT / "results/cifar10-twostage/runs").iterdir()):
-        res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else None
-        if res and res.get("stage") == "teacher" and res["epochs"] == epochs and res["status"] == "done" \
-                and res["seed"] in SEEDS:
-            out[res["seed"]] = res["final_top1"]
-    return out
+    return {res["seed"]: res["final_top1"] for _, res in done_runs("results/cifar10-twostage")
+            if res.get("stage") == "teacher" and res["epochs"] == epochs}
 
 
 def cell(v: dict) -> str:
