@@ -169,12 +169,23 @@ def dependencies(spec) -> list[dict]:
     return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]
 
 
+def dependency_dir(runs_dir: Path, ref: dict) -> Path:
+    """``runs_dir / name`` of the dependency ``ref``; RunError when the name (read from a config.yaml) is not
+    one plain directory name, so that it cannot point outside ``runs_dir``."""
+    from .errors import RunError
+    name = ref.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\0" in name:
+        raise RunError(f"dependency name {name!r} is not a run directory name (one path component, as the run "
+                       f"directories under {runs_dir} are)")
+    return Path(runs_dir) / name
+
+
 def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
     """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
     not (a dependent run is reported as failed, not started)."""
     from .errors import RunError
     from .store import RunDir
-    d = RunDir(runs_dir / ref["name"])
+    d = RunDir(dependency_dir(runs_dir, ref))
     res = d.read_result()
     if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
         state = "missing" if res is None else res.get("status")

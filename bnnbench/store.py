@@ -214,14 +214,16 @@ class RunDir:
         """A run written before dependency references carried their run's group (bnnbench/stages.py
         ``reference``) gets it from the dependency's config.yaml beside it, when that is there and readable;
         the hash does not involve the group, only the leaderboard row does."""
+        from .stages import dependency_dir
         fixes = {}
         for name in ("init_from", "teacher"):
             ref = dict(getattr(spec, name))
-            dep = self.path.parent / ref["name"] if ref.get("run") and ref.get("name") else None
-            if dep is None or ref.get("group") or not (dep / CONFIG).exists():
+            if not ref.get("run") or not ref.get("name") or ref.get("group"):
                 continue
             try:
-                fixes[name] = {**ref, "group": RunDir(dep).read_spec().group}
+                dep = dependency_dir(self.path.parent, ref)
+                if (dep / CONFIG).exists():
+                    fixes[name] = {**ref, "group": RunDir(dep).read_spec().group}
             except RunError:
                 continue
         return dataclasses.replace(spec, **fixes) if fixes else spec

@@ -99,6 +99,16 @@ def test_the_seeds_of_a_stage_share_one_group_and_old_references_get_it_on_read(
     assert old.teacher["group"] == t.group and old.group == s1.group and old.hash == s1.hash
 
 
+@pytest.mark.parametrize("name", ["../elsewhere", "/abs/run", "a/b", "..", ""])
+def test_a_dependency_name_that_is_not_a_run_directory_is_refused(tmp_path, name):
+    from bnnbench.errors import RunError
+    from bnnbench.stages import dependency_dir, finished_dependency
+    with pytest.raises(RunError, match="not a run directory name"):
+        dependency_dir(tmp_path, {"run": "abc", "name": name})
+    with pytest.raises(RunError, match="not a run directory name"):
+        finished_dependency(tmp_path, {"run": "abc", "name": name}, "init")
+
+
 @pytest.mark.parametrize("doc,message", [
     ({"stages": [{"name": "b", "init": "a"}]}, "must name an earlier stage"),
     ({"stages": [{"name": "a", "train": {"distill_weight": 1.0}}]}, "needs a teacher section"),
