@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnnbench.arch import ArchSpec, kaiming_binary_init, register_arch
-from bnnbench.method import Method
+from bnnbench.plugins.arch import ArchSpec, kaiming_binary_init, register_arch
+from bnnbench.plugins.method import Method
 
 
 class Block(nn.Module):

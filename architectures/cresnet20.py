@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnbench.arch import ArchSpec, kaiming_binary_init, register_arch
 from bnnbench.errors import ConfigError
-from bnnbench.method import Method
+from bnnbench.plugins.arch import ArchSpec, kaiming_binary_init, register_arch
+from bnnbench.plugins.method import Method
 
 
 class PadShortcut(nn.Module):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.arch import ArchSpec, register_arch
-from bnnbench.layers import shift
-from bnnbench.method import Method
+from bnnbench.nn.layers import shift
+from bnnbench.plugins.arch import ArchSpec, register_arch
+from bnnbench.plugins.method import Method
 
 
 class Shift(nn.Module):

@@ -18,9 +18,9 @@ import math
 
 from torch import Tensor, nn
 
-from bnnbench.arch import ArchSpec, register_arch
 from bnnbench.errors import ConfigError
-from bnnbench.method import Method
+from bnnbench.plugins.arch import ArchSpec, register_arch
+from bnnbench.plugins.method import Method
 
 
 class VGGSmall(nn.Module):

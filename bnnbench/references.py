@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .paths import reference_file
+from bnnbench.errors import ConfigError
+from bnnbench.paths import reference_file
 
 _KEYS = {"method", "dataset", "backbone", "top1", "top5", "epochs", "source"}
 
@@ -38,7 +38,7 @@ def load_references() -> list[dict[str, Any]]:
 def find_reference(method: str, dataset: str, backbone: str, stage: str = "") -> dict[str, Any] | None:
     """The published number for runs of ``method`` on ``dataset`` x ``backbone``; for a two-stage recipe's
     runs, the entry naming their ``stage`` (the two-stage numbers are those of the final stage)."""
-    from .registry import METHODS
+    from bnnbench.plugins.registry import METHODS
     refs = METHODS.get(method).references() if method in METHODS else load_references()
     for r in refs:
         if (r["method"], r["dataset"], r["backbone"], r.get("stage") or "") == (method, dataset, backbone, stage):

@@ -10,7 +10,7 @@
         lock              claim of the worker running it: an OS file lock while it runs (text: pid, host, time)
         error.log         traceback of an exception that failed the run
 
-The name and hash come from the run's :class:`~bnnbench.spec.RunSpec` (its identity covers what
+The name and hash come from the run's :class:`~bnnbench.config.spec.RunSpec` (its identity covers what
 changes the numbers, not where or on what device the run executes). Checkpoints are plain ``torch.save``
 files that ``torch.load(path, weights_only=True)`` opens; each holds a sha256 of its own tensors and
 values (``integrity``), checked on load. Nothing is ever loaded with ``weights_only=False``.
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import yaml
 
-from . import faults
-from .errors import RunError
+from bnnbench import faults
+from bnnbench.errors import RunError
 
 RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", "metrics.jsonl",
                                                   "checkpoint.pt", "checkpoint.prev.pt", "lock")
@@ -202,7 +202,7 @@ class RunDir:
 
     def read_spec(self):
         """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
-        from .spec import RunSpec
+        from bnnbench.config.spec import RunSpec
         p = self.file(CONFIG)
         try:
             doc = yaml.safe_load(p.read_text())
@@ -211,10 +211,10 @@ class RunDir:
         return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(p)))
 
     def _with_dependency_groups(self, spec):
-        """A run written before dependency references carried their run's group (bnnbench/stages.py
+        """A run written before dependency references carried their run's group (bnnbench/runner/stages.py
         ``reference``) gets it from the dependency's config.yaml beside it, when that is there and readable;
         the hash does not involve the group, only the leaderboard row does."""
-        from .stages import dependency_dir
+        from bnnbench.runner.stages import dependency_dir
         fixes = {}
         for name in ("init_from", "teacher"):
             ref = dict(getattr(spec, name))

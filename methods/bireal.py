@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.method import Method, register_method
-from bnnbench.surrogates import amp_backward, amp_forward, sign_approx
+from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
+from bnnbench.nn.surrogates import amp_backward, amp_forward, sign_approx
+from bnnbench.plugins.method import Method, register_method
 
 
 class _MagnitudeSign(torch.autograd.Function):

@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_approx, sign_approx_per_sample, sign_ste
+from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
+from bnnbench.nn.surrogates import sign_approx, sign_approx_per_sample, sign_ste
+from bnnbench.plugins.method import Method, register_method
 
 
 class OvSWConv2d(BinaryConv2d):

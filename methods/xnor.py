@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bnnbench.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_clipped
+from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
+from bnnbench.nn.surrogates import sign_clipped
+from bnnbench.plugins.method import Method, register_method
 
 
 class XnorConv2d(BinaryConv2d):

@@ -19,11 +19,11 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     || { echo "error: installing into $VENV failed (see above)" >&2; exit 1; }
   touch "$STAMP"
 fi
-# the 1-bit inference kernels (bnnbench/csrc), compiled once into the venv; without a compiler the rest of
+# the 1-bit inference kernels (bnnbench/deploy/csrc), compiled once into the venv; without a compiler the rest of
 # the suite works and the leaderboard's 1-bit columns say why they are empty
 KSTAMP="$VENV/bnnbench-kernels/.built"
-if [ ! -f "$KSTAMP" ] || [ "$ROOT/bnnbench/csrc/binconv.cpp" -nt "$KSTAMP" ]; then
+if [ ! -f "$KSTAMP" ] || [ "$ROOT/bnnbench/deploy/csrc/binconv.cpp" -nt "$KSTAMP" ]; then
   echo "building the 1-bit kernels (g++, about a minute once)" >&2
-  if "$VENV/bin/python" -m bnnbench.kernels >&2; then touch "$KSTAMP"
+  if "$VENV/bin/python" -m bnnbench.deploy.kernels >&2; then touch "$KSTAMP"
   else echo "warning: the 1-bit kernels did not build (see above); deploy figures will be empty" >&2; fi
 fi

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import ROOT, make_recipe
 
-from bnnbench.cli import build_parser, plan
-from bnnbench.progress import Progress
+from bnnbench.cli.main import build_parser, plan
+from bnnbench.engine.progress import Progress
+from bnnbench.engine.run import train_run
 from bnnbench.store import RunDir
-from bnnbench.trainer import train_run
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ def make_folder(root, classes=("cat", "ant", "bee"), per=3):
 def test_dali_cpu_labels_match_imagefolder(tmp_path):
     from torchvision.datasets import ImageFolder
 
-    from bnnbench.dali import DaliLoader, build_pipeline, listing
+    from bnnbench.data.dali import DaliLoader, build_pipeline, listing
     root = make_folder(tmp_path / "train")
     ref = [label for _, label in ImageFolder(str(root)).samples]
     files, labels = listing(root)
@@ -38,7 +38,7 @@ def test_dali_cpu_labels_match_imagefolder(tmp_path):
 
 
 def test_dali_order_depends_on_seed_and_epoch_and_resume_starts_at_its_batch(tmp_path):
-    from bnnbench.dali import DaliLoader
+    from bnnbench.data.dali import DaliLoader
     root = make_folder(tmp_path / "train", per=4)                # 12 images, batches of 4 over 2 ranks
     ranks = [DaliLoader(root, 2, train=True, seed=3, device=torch.device("cpu"), workers=1, shard=(r, 2))
              for r in (0, 1)]

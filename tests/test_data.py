@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import SHARED
 
-from bnnbench.data import TensorLoader, crop_flip, draw_augment, load_tensor_dataset, subset
+from bnnbench.data.catalog import TensorLoader, crop_flip, draw_augment, load_tensor_dataset, subset
 from bnnbench.errors import DataError
 
 
@@ -45,7 +45,7 @@ def test_loader_order_depends_only_on_seed_and_epoch():
 def test_device_loader_copies_from_the_host_once_per_epoch_not_per_batch():
     """On an accelerator a batch issues no host-to-device copy and reads nothing back (the meta device
     stands in for CUDA: it has device tensors and no data, and any host read of one raises)."""
-    from bnnbench.transfers import TransferCounter
+    from bnnbench.tools.transfers import TransferCounter
     x = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
     loader = TensorLoader(x, torch.arange(64), 8, shuffle=True, drop_last=False, mean=(0.5,) * 3,
                           std=(0.25,) * 3, device="meta", seed=1, crop_pad=2, flip=True, channels_last=True)
@@ -61,7 +61,7 @@ def test_device_loader_copies_from_the_host_once_per_epoch_not_per_batch():
 
 
 def test_transfer_counter_sees_copies_and_host_reads():
-    from bnnbench.transfers import TransferCounter
+    from bnnbench.tools.transfers import TransferCounter
     with TransferCounter() as t:
         a = torch.ones(3).to("meta")
         b = a * torch.tensor(2.0)          # a 0-dim CPU operand is a scalar, not a copy
@@ -115,7 +115,7 @@ def test_shared_cifar_copy_loads():
 def test_imagenet_folder_loaders(tmp_path):
     from PIL import Image
 
-    from bnnbench.data import imagenet_loaders
+    from bnnbench.data.catalog import imagenet_loaders
     g = torch.Generator().manual_seed(0)
     for split in ("train", "val"):
         for c in ("b_class", "a_class"):

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow,
 
 NOBN_ARCH = '''
 from torch import nn
-from bnnbench.arch import ArchSpec, register_arch
+from bnnbench.plugins.arch import ArchSpec, register_arch
 
 class NoBN(nn.Module):
     def __init__(self, method, num_classes, in_channels=3):
@@ -141,7 +141,7 @@ def _replica_worker(rank: int, world: int, port: int, out) -> None:
     import torch.distributed as dist
     from torch import nn
 
-    from bnnbench import distributed as ddp
+    from bnnbench.engine import distributed as ddp
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:

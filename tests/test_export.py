@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_recipe
 
-from bnnbench.cli import main
+from bnnbench.cli.main import main
 from bnnbench.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ def finished(tmp_path_factory):
 
 
 def test_evaluate_reproduces_the_recorded_final_epoch(finished, capsys):
-    from bnnbench.checkpoints import evaluate
+    from bnnbench.cli.models import evaluate
     runs, data, _ = finished
     for d in runs:
         now, recorded, spec = evaluate(d, data, torch.device("cpu"))
@@ -36,10 +36,10 @@ def test_evaluate_reproduces_the_recorded_final_epoch(finished, capsys):
 
 
 def test_export_rebuilds_the_trained_model_bit_for_bit_at_its_packed_size(finished, capsys):
-    from bnnbench.checkpoints import evaluate
-    from bnnbench.export import SignConv2d, load_exported
-    from bnnbench.layers import binary_layers
-    from bnnbench.trainer import trained_model
+    from bnnbench.cli.models import evaluate
+    from bnnbench.deploy.export import SignConv2d, load_exported
+    from bnnbench.engine.run import trained_model
+    from bnnbench.nn.layers import binary_layers
     runs, data, tmp = finished
     for d in runs:
         f = tmp / f"{d.name}.1bit.pt"
@@ -55,7 +55,7 @@ def test_export_rebuilds_the_trained_model_bit_for_bit_at_its_packed_size(finish
                 assert torch.equal(rebuilt(x), model(x))
         now, recorded, _ = evaluate(f, data, torch.device("cpu"))
         assert now["test_top1"] == recorded["test_top1"]
-        from bnnbench.ops import count_ops
+        from bnnbench.nn.ops import count_ops
         packed = count_ops(model, (3, 32, 32)).packed_bytes
         float_bytes = sum(p.numel() * 4 for p in model.parameters())
         size = f.stat().st_size
@@ -63,8 +63,8 @@ def test_export_rebuilds_the_trained_model_bit_for_bit_at_its_packed_size(finish
 
 
 def test_export_signs_roundtrip_and_bad_files_are_refused(tmp_path):
+    from bnnbench.deploy.export import load_exported, pack_bits, unpack_bits
     from bnnbench.errors import RunError
-    from bnnbench.export import load_exported, pack_bits, unpack_bits
     signs = torch.where(torch.rand(5, 3, 3, 3) > 0.5, 1, -1).to(torch.int8)
     bits = pack_bits(signs)
     assert bits.dtype == torch.uint8 and bits.numel() == -(-signs.numel() // 8)
@@ -80,7 +80,7 @@ def test_init_from_a_finished_run_records_it_and_starts_from_its_weights(finishe
 
     from conftest import make_recipe
 
-    from bnnbench.cli import build_parser, plan
+    from bnnbench.cli.main import build_parser, plan
     from bnnbench.store import load_torch
     runs, data, _ = finished
     source = runs[0]                      # irnet (sorted first)
@@ -103,7 +103,7 @@ def test_init_from_a_finished_run_records_it_and_starts_from_its_weights(finishe
 
 
 def test_init_from_reports_mismatches_and_refuses_a_file_that_matches_nothing(tmp_path):
-    from bnnbench.checkpoints import init_from, resolve_init
+    from bnnbench.cli.models import init_from, resolve_init
     from bnnbench.errors import ConfigError, RunError
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10))
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 5))
@@ -137,7 +137,7 @@ def test_tensorboard_logger_mirrors_the_metrics_rows(tmp_path):
 def test_a_logger_that_is_not_installed_is_an_error_before_training(capsys, monkeypatch):
     import importlib
 
-    import bnnbench.loggers as L
+    import bnnbench.engine.loggers as L
     real = importlib.import_module
 
     def no_wandb(name, *a, **kw):

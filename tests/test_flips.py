@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnnbench.flips import FlipTracker
-from bnnbench.registry import METHODS
+from bnnbench.engine.flips import FlipTracker
+from bnnbench.plugins.registry import METHODS
 
 
 def make(values):

@@ -10,8 +10,8 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-from bnnbench.cli import build_parser, plan
-from bnnbench.gpu_check import CHECKS
+from bnnbench.cli.main import build_parser, plan
+from bnnbench.tools.gpu_check import CHECKS
 
 
 def _plan(*extra):
@@ -21,7 +21,7 @@ def _plan(*extra):
 @pytest.mark.slow
 def test_self_test_passes_every_cpu_check(tmp_path):
     out = tmp_path / "gpu_check.json"
-    r = subprocess.run([sys.executable, "-m", "bnnbench.gpu_check", "--self-test", "--json", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "bnnbench.tools.gpu_check", "--self-test", "--json", str(out)], cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
@@ -36,8 +36,8 @@ def test_self_test_passes_every_cpu_check(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
 def test_without_cuda_every_check_is_skipped_and_the_script_exits_0():
     script = (ROOT / "scripts" / "gpu_check.sh").read_text()
-    assert "bnnbench.gpu_check" in script and os.access(ROOT / "scripts" / "gpu_check.sh", os.X_OK)
-    r = subprocess.run([sys.executable, "-m", "bnnbench.gpu_check"], cwd=ROOT, capture_output=True, text=True,
+    assert "bnnbench.tools.gpu_check" in script and os.access(ROOT / "scripts" / "gpu_check.sh", os.X_OK)
+    r = subprocess.run([sys.executable, "-m", "bnnbench.tools.gpu_check"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIP")]
@@ -47,7 +47,7 @@ def test_without_cuda_every_check_is_skipped_and_the_script_exits_0():
 def test_recompiling_past_the_limit_raises_instead_of_running_eagerly():
     import torch._dynamo
 
-    from bnnbench.trainer import compiled, describe_exception
+    from bnnbench.engine.run import compiled, describe_exception
 
     class FloatSchedule(nn.Module):
         def __init__(self):
@@ -82,7 +82,7 @@ def test_deterministic_flag_is_a_setting_in_the_identity_and_the_default_keeps_o
 
 
 def test_numerics_configure_records_the_flags_and_restores_the_fast_mode():
-    from bnnbench import numerics
+    from bnnbench.engine import numerics
     rec = numerics.configure(torch.device("cpu"), True, amp=True, compile=True)
     try:
         assert rec["deterministic"] and rec["deterministic_algorithms"] and torch.are_deterministic_algorithms_enabled()
@@ -93,7 +93,7 @@ def test_numerics_configure_records_the_flags_and_restores_the_fast_mode():
 
 
 def test_compile_drops_the_last_incomplete_training_batch():
-    from bnnbench.trainer import make_loaders
+    from bnnbench.engine.run import make_loaders
     plain, comp = _plan(), _plan("--set", "compile=true")
     a, _, _ = make_loaders(plain, torch.device("cpu"), ROOT / "data")
     b, test, _ = make_loaders(comp, torch.device("cpu"), ROOT / "data")
@@ -103,7 +103,7 @@ def test_compile_drops_the_last_incomplete_training_batch():
 
 
 def test_peak_memory_is_reset_per_run():
-    from bnnbench.host import peak_memory, reset_peak_memory
+    from bnnbench.engine.host import peak_memory, reset_peak_memory
     cpu = torch.device("cpu")
     if reset_peak_memory(cpu) != "run":
         pytest.skip("this OS cannot reset the resident-set peak (/proc/self/clear_refs)")

@@ -1,4 +1,4 @@
-"""bnnbench.host: freed tensor memory stays in the process (no page faults in the steady state)."""
+"""bnnbench.engine.host: freed tensor memory stays in the process (no page faults in the steady state)."""
 import os
 import platform
 import subprocess
@@ -14,7 +14,7 @@ from bnnbench.paths import ROOT
 # while the heap first grows.
 PROBE = textwrap.dedent("""
     import resource, torch
-    from bnnbench.host import keep_freed_memory
+    from bnnbench.engine.host import keep_freed_memory
     applied = keep_freed_memory()
     faults = []
     for _ in range(8):
@@ -49,7 +49,7 @@ def test_opt_out_leaves_the_allocator_alone():
 
 
 def test_bad_value_is_a_config_error(monkeypatch):
-    from bnnbench import host
+    from bnnbench.engine import host
     from bnnbench.errors import ConfigError
     host.keep_freed_memory.cache_clear()  # the settings are applied once per process
     monkeypatch.setenv("BNNBENCH_KEEP_MEMORY", "yes")

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from conftest import ROOT, make_recipe
 
-from bnnbench.cli import main
+from bnnbench.cli.main import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

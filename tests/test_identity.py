@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import ROOT, make_recipe
 
-from bnnbench.cli import build_parser, main, plan
+from bnnbench.cli.main import build_parser, main, plan
+from bnnbench.config.recipes import load_recipe
+from bnnbench.config.spec import RunSpec
+from bnnbench.engine.run import train_run
 from bnnbench.errors import ConfigError, RunError
-from bnnbench.recipes import load_recipe
-from bnnbench.report import build_tables, collect, print_console
-from bnnbench.spec import RunSpec
+from bnnbench.report.tables import build_tables, collect, print_console
 from bnnbench.store import RunDir
-from bnnbench.trainer import train_run
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
-"""The XNOR-popcount kernels (bnnbench/kernels.py, csrc/binconv.cpp) against float convolutions of +-1 values,
-and the packed model (bnnbench/deploy.py) against the trained model, for every method x backbone."""
+"""The XNOR-popcount kernels (bnnbench/deploy/kernels.py, csrc/binconv.cpp) against float convolutions of +-1 values,
+and the packed model (bnnbench/deploy/packed.py) against the trained model, for every method x backbone."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bnnbench import deploy, kernels
-from bnnbench.arch import build_model
-from bnnbench.layers import BinaryConv2d, binary_layers
-from bnnbench.registry import ARCHITECTURES, METHODS
+from bnnbench.deploy import kernels
+from bnnbench.deploy import packed as deploy
+from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.plugins.arch import build_model
+from bnnbench.plugins.registry import ARCHITECTURES, METHODS
 
 if kernels.unavailable_reason():
     pytest.skip(kernels.unavailable_reason(), allow_module_level=True)

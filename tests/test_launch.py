@@ -73,8 +73,8 @@ def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
 
 
 def test_submitit_runs_dependent_stages_after_their_dependencies(tmp_path):
-    from bnnbench.cli import build_parser, plan
-    from bnnbench.launch import dependency_levels
+    from bnnbench.cli.main import build_parser, plan
+    from bnnbench.runner.slurm import dependency_levels
     from bnnbench.store import RunDir
     argv = ["--recipe", "digits-cresnet20-twostage", "--methods", "ovsw", "--epochs", "1", "--set",
             "train_subset=128", "warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path / "out")]

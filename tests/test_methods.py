@@ -8,9 +8,9 @@ from bnnbench.methods.ovsw import ags_, sad_
 from bnnbench.methods.recu import tau_schedule
 from torch import nn
 
+from bnnbench.engine.run import train_step
 from bnnbench.errors import ConfigError
-from bnnbench.registry import METHODS
-from bnnbench.trainer import train_step
+from bnnbench.plugins.registry import METHODS
 
 
 def layer(name, cin=4, cout=6, **hp):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from bnnbench.arch import build_model
-from bnnbench.layers import binary_layers
-from bnnbench.registry import ARCHITECTURES, METHODS
-from bnnbench.trainer import train_step
+from bnnbench.engine.run import train_step
+from bnnbench.nn.layers import binary_layers
+from bnnbench.plugins.arch import build_model
+from bnnbench.plugins.registry import ARCHITECTURES, METHODS
 
 PAIRS = [(m, a) for m in METHODS.names() for a in ARCHITECTURES.names()]
 

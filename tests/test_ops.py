@@ -1,9 +1,9 @@
-"""Op and size counts against hand counts (convention in bnnbench/ops.py)."""
+"""Op and size counts against hand counts (convention in bnnbench/nn/ops.py)."""
 import pytest
 
-from bnnbench.arch import build_model
-from bnnbench.ops import count_ops
-from bnnbench.registry import METHODS
+from bnnbench.nn.ops import count_ops
+from bnnbench.plugins.arch import build_model
+from bnnbench.plugins.registry import METHODS
 
 
 def conv_macs(cin, cout, k, hw_out):

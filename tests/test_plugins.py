@@ -8,17 +8,17 @@ from importlib import metadata
 import pytest
 from conftest import TALLY, make_recipe
 
-from bnnbench.cli import build_parser, main, plan
+from bnnbench.cli.main import build_parser, main, plan
 from bnnbench.errors import RegistryError
-from bnnbench.registry import METHODS, _load_entry_point
+from bnnbench.plugins.registry import METHODS, _load_entry_point
 
 HEADER = textwrap.dedent('''
     import sys
     import torch
     from torch import nn
-    from bnnbench.layers import BinaryConv2d
-    from bnnbench.method import Method, register_method
-    from bnnbench.surrogates import sign_ste
+    from bnnbench.nn.layers import BinaryConv2d
+    from bnnbench.plugins.method import Method, register_method
+    from bnnbench.nn.surrogates import sign_ste
 ''')
 
 
@@ -112,7 +112,7 @@ class PlainConv(Method):
     """A plain nn.Conv2d."""
     name = "plainconv_b"
     conv_class = nn.Conv2d
-''', "must be a subclass of bnnbench.layers.BinaryConv2d"),
+''', "must be a subclass of bnnbench.nn.layers.BinaryConv2d"),
     ('''
 class C(BinaryConv2d):
     pass

@@ -4,9 +4,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bnnbench.config.recipes import TRAIN_FIELDS, load_recipe, parse_recipe, recipe_names
 from bnnbench.errors import BnnBenchError, ConfigError
-from bnnbench.recipes import TRAIN_FIELDS, load_recipe, parse_recipe, recipe_names
-from bnnbench.registry import METHODS
+from bnnbench.plugins.registry import METHODS
 
 
 def test_every_shipped_recipe_loads_and_resolves_for_every_method():

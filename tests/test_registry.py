@@ -5,16 +5,16 @@ import textwrap
 import pytest
 import torch
 
-from bnnbench.arch import build_model
+from bnnbench.engine.run import train_step
 from bnnbench.errors import RegistryError
-from bnnbench.registry import ARCHITECTURES, METHODS, Registry, load_plugin
-from bnnbench.trainer import train_step
+from bnnbench.plugins.arch import build_model
+from bnnbench.plugins.registry import ARCHITECTURES, METHODS, Registry, load_plugin
 
 PLUGIN = textwrap.dedent('''
     import torch
-    from bnnbench.layers import BinaryConv2d
-    from bnnbench.method import Method, register_method
-    from bnnbench.surrogates import sign_clipped
+    from bnnbench.nn.layers import BinaryConv2d
+    from bnnbench.plugins.method import Method, register_method
+    from bnnbench.nn.surrogates import sign_clipped
 
     class HalfConv(BinaryConv2d):
         def binarize_weight(self, w):
@@ -80,7 +80,7 @@ def test_plugin_module_and_entry_point(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[bnnbench.methods]\nep_test = ep_plugin_mod\n")
     monkeypatch.syspath_prepend(str(pkg))
-    from bnnbench import registry
+    from bnnbench.plugins import registry
     monkeypatch.setitem(registry._state, "loaded", False)
     try:
         registry.ensure_builtins()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, TALLY, make_cifar, make_recipe
 
-from bnnbench.cli import main
+from bnnbench.cli.main import main
 from bnnbench.store import RunDir, atomic_write_bytes
 
 pytestmark = pytest.mark.slow
@@ -169,7 +169,7 @@ def test_stale_lock_of_dead_worker_is_taken_over(env):
     assert main([*map(str, args(out)), "--dry-run"]) == 0
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer exists
-    from bnnbench.cli import build_parser, plan
+    from bnnbench.cli.main import build_parser, plan
     cfg = plan(build_parser().parse_args(list(map(str, args(out)))))[0][0]
     rd = RunDir(out / "runs" / cfg.name)
     rd.path.mkdir(parents=True)
@@ -184,9 +184,9 @@ def test_stale_lock_of_dead_worker_is_taken_over(env):
 
 NAN_PLUGIN = '''
 import torch
-from bnnbench.layers import BinaryConv2d
-from bnnbench.method import Method, register_method
-from bnnbench.surrogates import sign_ste
+from bnnbench.nn.layers import BinaryConv2d
+from bnnbench.plugins.method import Method, register_method
+from bnnbench.nn.surrogates import sign_ste
 
 class NanConv(BinaryConv2d):
     def binarize_weight(self, w):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import make_cifar, make_recipe
 
-from bnnbench.cli import build_parser, main, plan
-from bnnbench.plots import plot_all, plot_curves, plot_silent_hist
-from bnnbench.report import StoredRun, build_tables, collect, render
+from bnnbench.cli.main import build_parser, main, plan
+from bnnbench.engine.run import train_run
+from bnnbench.report.plots import plot_all, plot_curves, plot_silent_hist
+from bnnbench.report.tables import StoredRun, build_tables, collect, render
 from bnnbench.store import RunDir
-from bnnbench.trainer import train_run
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_bench_command_writes_figures(tmp_path, capsys):
 
 
 def test_every_run_records_its_one_bit_export_and_the_leaderboard_shows_it(matrix):
-    from bnnbench import kernels
+    from bnnbench.deploy import kernels
     runs = collect(matrix, warn=print)
     docs = [json.loads((r.path / "deploy.json").read_text()) for r in runs]
     md = render(build_tables(runs), "md")
@@ -97,7 +97,7 @@ def test_every_run_records_its_one_bit_export_and_the_leaderboard_shows_it(matri
 
 
 def test_deploy_bench_command_writes_figures(tmp_path):
-    from bnnbench import kernels
+    from bnnbench.deploy import kernels
     if kernels.unavailable_reason():
         pytest.skip(kernels.unavailable_reason())
     out = tmp_path / "deploy.json"
@@ -115,7 +115,7 @@ def test_deploy_bench_command_writes_figures(tmp_path):
 
 
 def test_deploy_bench_remeasures_finished_runs(matrix):
-    from bnnbench import kernels
+    from bnnbench.deploy import kernels
     if kernels.unavailable_reason():
         pytest.skip(kernels.unavailable_reason())
     run = sorted((matrix / "runs").iterdir())[0]

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from bnnbench.optim import lr_at, param_groups
-from bnnbench.spec import settings_from
+from bnnbench.config.spec import settings_from
+from bnnbench.engine.optim import lr_at, param_groups
 
 BASE = {"lr": 0.1, "epochs": 600, "warmup_epochs": 5, "schedule": "cosine", "min_lr": 1e-5,
         "milestones": [], "lr_gamma": 0.1}
@@ -47,14 +47,14 @@ def test_weight_decay_policies():
     # ReCU ImageNet (its own rule, methods/recu.py): only names containing 'conv' or 'fc' (the FP downsample
     # conv gets none); a method without a by-name rule refuses the policy
     from bnnbench.errors import ConfigError
-    from bnnbench.registry import METHODS
+    from bnnbench.plugins.registry import METHODS
     assert count(param_groups(model, 1e-4, "by_name", METHODS.get("recu")())) == [108 + 10, 8 + 16]
     with pytest.raises(ConfigError, match="by_name"):
         param_groups(model, 1e-4, "by_name", METHODS.get("ovsw")())
 
 
 def test_a_method_declares_parameters_that_never_get_weight_decay():
-    from bnnbench.method import Method
+    from bnnbench.plugins.method import Method
 
     class WithThreshold(Method):
         name = "with_threshold"

@@ -1,4 +1,4 @@
-"""Runs that depend on runs (bnnbench/stages.py), stage binarisation, and distillation (bnnbench/distill.py)."""
+"""Runs that depend on runs (bnnbench/runner/stages.py), stage binarisation, and distillation (bnnbench/engine/distill.py)."""
 import dataclasses
 import json
 import os
@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from bnnbench.cli import build_parser, plan
+from bnnbench.cli.main import build_parser, plan
 from bnnbench.errors import ConfigError
 from bnnbench.store import RunDir
 
@@ -56,7 +56,7 @@ def test_scoped_sets_change_only_their_stage_or_the_teacher():
 
 
 def test_a_stage_name_with_a_dot_is_a_scope():
-    from bnnbench.stages import split_scoped
+    from bnnbench.runner.stages import split_scoped
     stages = [{"name": "s.1", "train": {}, "init": None}, {"name": "s", "train": {}, "init": None}]
     plain, scoped = split_scoped([("lr", 0.1), ("s.1.lr", 0.2), ("s.lr", 0.3)], stages, None, "recipe r")
     assert plain == [("lr", 0.1)] and scoped == {"s.1": {"lr": 0.2}, "s": {"lr": 0.3}}
@@ -102,7 +102,7 @@ def test_the_seeds_of_a_stage_share_one_group_and_old_references_get_it_on_read(
 @pytest.mark.parametrize("name", ["../elsewhere", "/abs/run", "a/b", "..", ""])
 def test_a_dependency_name_that_is_not_a_run_directory_is_refused(tmp_path, name):
     from bnnbench.errors import RunError
-    from bnnbench.stages import dependency_dir, finished_dependency
+    from bnnbench.runner.stages import dependency_dir, finished_dependency
     with pytest.raises(RunError, match="not a run directory name"):
         dependency_dir(tmp_path, {"run": "abc", "name": name})
     with pytest.raises(RunError, match="not a run directory name"):
@@ -125,7 +125,7 @@ def test_bad_stage_sections_are_refused(tmp_path, doc, message):
 
 
 def test_stage_binarisation_modes():
-    from bnnbench.registry import METHODS
+    from bnnbench.plugins.registry import METHODS
     m = METHODS.get("recu")()
     conv = m.conv(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 5, 5)
@@ -141,7 +141,7 @@ def test_stage_binarisation_modes():
 
 
 def test_soft_cross_entropy_and_the_mixed_loss():
-    from bnnbench.distill import DistillationLoss, soft_cross_entropy
+    from bnnbench.engine.distill import DistillationLoss, soft_cross_entropy
     s, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
     p = torch.softmax(t / 2, 1)
     ref = -(p * torch.log_softmax(s / 2, 1)).sum()
@@ -156,7 +156,7 @@ def test_soft_cross_entropy_and_the_mixed_loss():
 
 
 def test_a_stage_whose_dependency_is_not_done_fails_without_training(tmp_path):
-    from bnnbench.trainer import run_or_fail
+    from bnnbench.engine.run import run_or_fail
     s2 = specs(*TINY)[2]
     rd = RunDir(tmp_path / "runs" / s2.name)
     rd.path.mkdir(parents=True)
@@ -195,7 +195,7 @@ def test_two_stage_kd_sweep_killed_in_stage2_resumes_to_the_same_weights(tmp_pat
 def test_a_torchvision_teacher_without_its_weights_is_one_clear_error(tmp_path, monkeypatch):
     import urllib.error
 
-    from bnnbench.distill import torchvision_teacher
+    from bnnbench.engine.distill import torchvision_teacher
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(*a, **kw):

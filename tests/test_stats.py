@@ -1,10 +1,10 @@
-"""Leaderboard statistics against hand-computed formulas (bnnbench/stats.py) and in the tables."""
+"""Leaderboard statistics against hand-computed formulas (bnnbench/report/stats.py) and in the tables."""
 import math
 
 import pytest
 
-from bnnbench.report import add_statistics, columns
-from bnnbench.stats import compare, holm, mean_interval, ranks
+from bnnbench.report.stats import compare, holm, mean_interval, ranks
+from bnnbench.report.tables import add_statistics, columns
 
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105}  # Student t quantiles (tables)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import ROOT, TALLY, make_recipe
 
-from bnnbench.cli import build_parser, main, plan
+from bnnbench.cli.main import build_parser, main, plan
+from bnnbench.engine.run import run_or_fail, train_run
 from bnnbench.errors import RunError
-from bnnbench.report import collect
+from bnnbench.report.tables import collect
 from bnnbench.store import RunDir, atomic_write_text
-from bnnbench.trainer import run_or_fail, train_run
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_a_full_disk_during_training_is_one_message_and_the_run_resumes(tiny, tm
 def test_report_prints_the_table_when_its_files_cannot_be_written(tiny, capsys, monkeypatch):
     argv, out, _, _ = tiny
     assert main(argv("--epochs", "1", "--set", "warmup_epochs=0")) == 0
-    import bnnbench.report as report
+    import bnnbench.report.tables as report
 
     def read_only(path, text):
         raise OSError(errno.EROFS, "Read-only file system", str(path))

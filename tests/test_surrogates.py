@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bnnbench.surrogates import sign_approx, sign_clipped, sign_ede, sign_ste
+from bnnbench.nn.surrogates import sign_approx, sign_clipped, sign_ede, sign_ste
 
 U = torch.tensor([-2.0, -1.0 - 1e-6, -1.0, -0.75, -0.5, -1e-7, 0.0, 1e-7, 0.25, 0.5, 1.0 - 1e-6, 1.0, 1.0 + 1e-6,
                   3.0], dtype=torch.float64)
@@ -78,7 +78,7 @@ def test_ede_starts_as_identity():
 
 @pytest.mark.parametrize("through_std", [True, False])
 def test_fused_per_sample_approxsign_equals_autograd_reference(through_std):
-    from bnnbench.surrogates import sign_approx_per_sample
+    from bnnbench.nn.surrogates import sign_approx_per_sample
     torch.manual_seed(1)
     x = (torch.randn(3, 4, 5, 5, dtype=torch.float64) * 0.7).requires_grad_()
     g = torch.randn(3, 4, 5, 5, dtype=torch.float64)
@@ -94,7 +94,7 @@ def test_fused_per_sample_approxsign_equals_autograd_reference(through_std):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_per_sample_statistics_and_gradient_do_not_depend_on_memory_layout(layout):
-    from bnnbench.surrogates import sample_moments, sample_rows, sign_approx_per_sample
+    from bnnbench.nn.surrogates import sample_moments, sample_rows, sign_approx_per_sample
     torch.manual_seed(2)
     base = torch.randn(3, 4, 5, 6, dtype=torch.float64)
     g = torch.randn(3, 4, 5, 6, dtype=torch.float64)
@@ -116,8 +116,8 @@ def test_per_sample_statistics_and_gradient_do_not_depend_on_memory_layout(layou
 
 def test_binarizers_in_fp16_and_bf16_match_fp32():
     """Every surrogate and every registered method's input binarizer: exact signs, gradients equal to
-    float32's rounded to the low dtype, nothing lost to 0 and nothing overflowing (bnnbench/precision.py)."""
-    from bnnbench.precision import compare
+    float32's rounded to the low dtype, nothing lost to 0 and nothing overflowing (bnnbench/tools/precision.py)."""
+    from bnnbench.tools.precision import compare
     results = compare("cpu")
     assert {r.dtype for r in results} == {"float16", "bfloat16"}
     assert {"sign_ede[t=10]", "sign_approx_per_sample", "ovsw.binarize_input"} <= {r.name for r in results}
@@ -126,7 +126,7 @@ def test_binarizers_in_fp16_and_bf16_match_fp32():
 
 
 def test_per_sample_statistics_are_float32_for_low_precision_inputs():
-    from bnnbench.surrogates import sample_moments
+    from bnnbench.nn.surrogates import sample_moments
     x = (torch.randn(2, 64, 16, 16) * 40).half()       # sum x^2 per sample ~ 2.6e7, beyond fp16's 65504
     mean, var = sample_moments(x)
     assert mean.dtype == var.dtype == torch.float32 and torch.isfinite(var).all()
@@ -135,7 +135,7 @@ def test_per_sample_statistics_are_float32_for_low_precision_inputs():
 
 
 def test_shift_keeps_the_activation_dtype_and_trains_the_threshold():
-    from bnnbench.layers import shift
+    from bnnbench.nn.layers import shift
     x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)
     beta = torch.nn.Parameter(torch.full((1, 4, 1, 1), 0.25))
     y = shift(x, beta)
@@ -146,7 +146,7 @@ def test_shift_keeps_the_activation_dtype_and_trains_the_threshold():
 
 
 def test_binary_conv_counts_exact_zero_inputs():
-    from bnnbench.layers import BinaryConv2d, take_sign0_counts
+    from bnnbench.nn.layers import BinaryConv2d, take_sign0_counts
     conv = torch.nn.Sequential(BinaryConv2d(2, 3, 3, padding=1), BinaryConv2d(3, 3, 1))
     x = torch.randn(2, 2, 4, 4)
     x[0, 0, :2, :2] = 0.0                              # 4 exact zeros in the first layer's input

@@ -1,0 +1,3 @@
+from bnnbench.cli.main import main
+
+__all__ = ["main"]

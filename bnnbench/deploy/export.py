@@ -1,0 +1,168 @@
+"""A trained run at its real 1-bit size: ``run_bench.py export RUN_DIR --out FILE`` and :func:`load_exported`.
+
+The file is a plain torch file (``torch.load(path, weights_only=True)`` reads it) holding:
+
+* ``spec``: the run's :class:`~bnnbench.config.spec.RunSpec` (``config.yaml``), so the topology can be rebuilt;
+* ``binary``: for every binary conv, its weight signs packed 8 to a byte (``numpy.packbits`` of
+  sign > 0 over the flattened (C_out, C_in, kh, kw) tensor: 1 bit per binary weight), its shape and its
+  per-output-channel float32 scale, from the layer's
+  :meth:`~bnnbench.nn.layers.BinaryConv2d.inference_form` (the plugin API: no method is named here);
+* ``state``: every other parameter and buffer of the model in float32 (stem, BatchNorm, shortcuts, head);
+* ``recorded``: the run's final-epoch test figures, which ``run_bench.py evaluate FILE`` compares with.
+
+On disk the tensors sit in one flat tensor per dtype (``store``), so the file is close to the packed size.
+
+:func:`load_exported` rebuilds the backbone from the spec and puts a :class:`SignConv2d` in place of each
+binary conv. That layer computes ``scale[o] * conv(sign(x), signs)``, which is the trained model's own
+evaluation forward (``BinaryConv2d.forward`` in eval mode) op for op, so the rebuilt model's outputs equal
+the trained model's bit for bit; ``tests/test_export.py`` checks every test prediction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bnnbench.deploy.packed import _replace
+from bnnbench.errors import RunError
+from bnnbench.nn.layers import BinaryConv2d, binary_layers
+
+FORMAT = "bnnbench-1bit"
+VERSION = 1
+
+
+class SignConv2d(nn.Module):
+    """``y = scale[o] * conv(sign(x), signs) (+ bias)``: a binary conv rebuilt from its exported form."""
+
+    def __init__(self, like: BinaryConv2d, signs: Tensor, scale: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = like.stride, like.padding, like.dilation, like.groups
+        self.register_buffer("signs", signs.float())
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("bias", None if bias is None else bias.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = nn.functional.conv2d(torch.sign(x), self.signs.to(x.dtype), None, self.stride, self.padding,
+                                   self.dilation, self.groups)
+        out = out * self.scale.to(out.dtype).view(1, -1, 1, 1)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+def pack_bits(signs: Tensor) -> Tensor:
+    """int8 +-1 signs -> uint8 bytes, 8 signs each (bit 1 = +1), over the flattened tensor."""
+    return torch.from_numpy(np.packbits((signs.flatten() > 0).numpy()))
+
+
+def unpack_bits(bits: Tensor, shape: list[int]) -> Tensor:
+    n = int(np.prod(shape))
+    flat = np.unpackbits(bits.numpy())[:n].astype(np.int8) * 2 - 1
+    return torch.from_numpy(flat).view(shape)
+
+
+def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
+    """The export document of a trained ``model`` (see the module docstring)."""
+    binary, skip = {}, set()
+    from bnnbench.errors import ConfigError
+    for name, layer in binary_layers(model):
+        try:
+            form = layer.inference_form()
+        except ValueError as exc:
+            raise ConfigError(f"cannot export binary conv {name!r}: {exc}") from None
+        bias = None if layer.bias is None else layer.bias.detach().float().cpu()
+        binary[name] = {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale,
+                        "bias": bias}
+        skip.add(name)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if not any(k.startswith(f"{b}.") for b in skip)}
+    return {"format": FORMAT, "version": VERSION, "spec": spec_doc, "num_classes": num_classes, "binary": binary,
+            "state": state}
+
+
+def _pack_store(doc: dict) -> dict:
+    """The document with its tensors moved into one flat tensor per dtype (``store``), each replaced by
+    ``{"@": [dtype, offset, shape]}``: a torch file holds every tensor as its own archive entry, and for a
+    small network those entries' overhead would outweigh the 1-bit weights."""
+    store: dict[str, list[Tensor]] = {}
+    sizes: dict[str, int] = {}
+
+    def walk(o):
+        if isinstance(o, Tensor):
+            key = str(o.dtype).removeprefix("torch.")
+            store.setdefault(key, []).append(o.detach().cpu().reshape(-1))
+            ref = {"@": [key, sizes.get(key, 0), list(o.shape)]}
+            sizes[key] = sizes.get(key, 0) + o.numel()
+            return ref
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+    body = {k: walk(v) for k, v in doc.items() if k in ("binary", "state")}
+    return {**{k: v for k, v in doc.items() if k not in body}, **body,
+            "store": {k: torch.cat(v) for k, v in store.items()}}
+
+
+def _unpack_store(doc: dict) -> dict:
+    store = doc.pop("store", None)
+    if store is None:
+        return doc
+
+    def walk(o):
+        if isinstance(o, dict) and set(o) == {"@"}:
+            key, offset, shape = o["@"]
+            n = int(np.prod(shape)) if shape else 1
+            return store[key][offset:offset + n].reshape(shape).clone()
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        return o
+    return {k: walk(v) for k, v in doc.items()}
+
+
+def save(doc: dict, path: Path) -> int:
+    """Write the export atomically; returns its size in bytes."""
+    from bnnbench.store import atomic_torch_save
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(_pack_store(doc), path)
+    return path.stat().st_size
+
+
+def read(path: Path) -> dict:
+    """The export document of ``path`` (tensors restored from the flat store)."""
+    from bnnbench.store import load_torch
+    doc = load_torch(Path(path))
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); make one with "
+                       f"run_bench.py export RUN_DIR --out FILE")
+    return _unpack_store(doc)
+
+
+def recorded(path: Path) -> dict:
+    """What the run recorded for its final epoch (epoch, test loss, top-1, top-5), kept in the export."""
+    return dict(read(path).get("recorded") or {})
+
+
+def load_exported(path: Path) -> tuple[object, nn.Module]:
+    """(RunSpec, the rebuilt model in eval mode) from an export file."""
+    from bnnbench.config.spec import RunSpec
+    from bnnbench.engine.run import run_model
+    doc = read(path)
+    if doc.get("version") != VERSION:
+        raise RunError(f"{path}: export version {doc.get('version')!r} is not supported (this bnnbench reads "
+                       f"version {VERSION})")
+    spec = RunSpec.from_dict(doc["spec"], where=str(path))
+    _, model = run_model(spec, doc["num_classes"], Path(path).name)
+    names = {n for n, _ in binary_layers(model)}
+    if names != set(doc["binary"]):
+        raise RunError(f"{path}: binary layers {sorted(set(doc['binary']) ^ names)} do not match the backbone "
+                       f"{spec.backbone!r} this bnnbench builds")
+
+    def rebuild(layer: BinaryConv2d, name: str) -> SignConv2d:
+        e = doc["binary"][name]
+        return SignConv2d(layer, unpack_bits(e["bits"], e["shape"]), e["scale"], e["bias"])
+    model = _replace(model, rebuild)
+    missing, unexpected = model.load_state_dict(doc["state"], strict=False)
+    missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in names)]
+    if missing or unexpected:
+        raise RunError(f"{path}: the state does not fit the rebuilt {spec.backbone!r}: missing {missing}, "
+                       f"unexpected {unexpected}")
+    return spec, model.eval()

@@ -1,0 +1,143 @@
+"""Plots of training dynamics (matplotlib, PNG), built from run directories only.
+
+* ``curves__<recipe>__<track>__<backbone>.png``: test top-1 per epoch, one line per method (variant);
+* ``flips__<recipe>__<track>__<backbone>.png``: per-epoch flip ratio (flipped at least once in the epoch),
+  one line per method;
+* ``silent__<run>.png``: the OvSW paper's figure for one run: histogram of the initial latent weights
+  with the never-flipped ones overlaid, for one layer (default: the last binary layer) and for all binary
+  layers together.
+
+With several seeds the curves show the first seed of each method (the table has the aggregate).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from bnnbench.store import RESULT, RunDir, load_torch
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _group_runs(runs: list) -> dict[tuple, dict[str, object]]:
+    """{(recipe, track, backbone, epochs, full data): {row label: the StoredRun of its first seed}}."""
+    from bnnbench.report.tables import row_labels
+    labels = row_labels([s.result for s in runs])
+    groups: dict[tuple, dict[str, object]] = defaultdict(dict)
+    for s in sorted(runs, key=lambda s: (s.result.seed, s.name)):
+        r = s.result
+        if r.status != "done":
+            continue
+        groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))].setdefault(labels[r.group], s)
+    return groups
+
+
+def curve_stem(recipe: str, track: str, backbone: str, epochs: int, full: bool) -> str:
+    """The file-name stem of the curves and flips plots of one leaderboard table."""
+    return f"{recipe}__{track}__{backbone}__e{epochs}" + ("" if full else "__subset")
+
+
+class UnreadableFile(Exception):
+    """A run's weight file that is truncated or corrupt."""
+
+
+def _load(path: Path):
+    try:
+        return load_torch(path)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        raise UnreadableFile(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def plot_curves(runs: list, out: Path) -> dict[Path, int]:
+    """Accuracy and flip-ratio curves per recipe x track x backbone; returns {file: number of lines}."""
+    plt = _plt()
+    out = Path(out) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[Path, int] = {}
+    for (recipe, track, backbone, epochs, full), by_method in sorted(_group_runs(runs).items()):
+        stem = curve_stem(recipe, track, backbone, epochs, full)
+        for kind, key, ylabel, scale in (("curves", "test_top1", "test top-1 (%)", 1.0),
+                                         ("flips", "flip_any", "weights flipped in the epoch (%)", 100.0)):
+            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            n = 0
+            for label in sorted(by_method):
+                run = by_method[label]
+                if key == "flip_any" and run.result.flip_any is None:
+                    continue   # real-valued weights (a teacher, stage 1): no flips to plot, bnnbench/engine/flips.py
+                rows = RunDir(run.path).read_metrics()
+                xs = [r["epoch"] + 1 for r in rows if r.get(key) is not None]
+                ys = [scale * r[key] for r in rows if r.get(key) is not None]
+                if xs:
+                    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
+                    n += 1
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{recipe} [{track}] {backbone}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if n:
+                ax.legend(fontsize=8)
+            path = out / f"{kind}__{stem}.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written[path] = n
+    return written
+
+
+def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: int = 80) -> Path | None:
+    """Initial-weight histogram with the never-flipped weights overlaid (one layer and all layers)."""
+    rd = RunDir(run_dir)
+    init_p, flips_p = rd.file("init_weights.pt"), rd.file("flips.pt")
+    if not (init_p.exists() and flips_p.exists()):
+        return None
+    init, never = _load(init_p), _load(flips_p)
+    names = [n for n in init if n in never]
+    if not names:
+        return None
+    layer = layer or names[-1]
+    if layer not in init:
+        raise KeyError(f"layer {layer!r} not in {rd.path}; binary layers: {', '.join(names)}")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = ((layer, init[layer].flatten(), never[layer].flatten()),
+              ("all binary layers", torch.cat([init[n].flatten() for n in names]),
+               torch.cat([never[n].flatten() for n in names])))
+    for ax, (title, w, mask) in zip(axes, panels):
+        lo, hi = torch.quantile(w, torch.tensor([0.001, 0.999])).tolist()
+        edges = torch.linspace(lo, hi, bins + 1).numpy()
+        ax.hist(w.numpy(), bins=edges, color="tab:blue", alpha=0.8, label="initial weights")
+        ax.hist(w[mask].numpy(), bins=edges, color="tab:orange", alpha=0.9, label="never flipped")
+        ax.set_title(f"{title}: {100 * mask.float().mean().item():.2f}% silent", fontsize=10)
+        ax.set_xlabel("initial latent weight")
+        ax.legend(fontsize=8)
+    fig.suptitle(rd.name, fontsize=8)
+    fig.tight_layout()
+    out = Path(out) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"silent__{rd.name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(runs: list, out: Path, warn=print) -> list[Path]:
+    """Every plot of the collected runs (``report.StoredRun``); returns the files written. A run whose
+    weight files are unreadable gets no histogram and a warning naming the file."""
+    written = list(plot_curves(runs, out))
+    for s in runs:
+        if s.result.status == "done" and (s.path / RESULT).exists():
+            try:
+                p = plot_silent_hist(s.path, out)
+            except UnreadableFile as exc:
+                warn(f"no silent-weight histogram for {s.name}: {exc}")
+                continue
+            if p:
+                written.append(p)
+    return written

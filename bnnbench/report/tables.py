@@ -1,0 +1,354 @@
+"""Leaderboards from run directories (plus ``results/reference.yaml``) only.
+
+One table per (recipe, track, dataset, backbone, schedule); one row per method aggregated over seeds:
+final-epoch top-1 as mean +- std (n), best-epoch top-1 (what the papers report), final top-5, the paper's
+number and the gap best - paper (only when the runs trained the paper's full schedule on the full data;
+otherwise "n/c", not comparable), silent-weight % and last-epoch flip %, binary share of the parameters,
+OPs and bit-packed size, epochs, wall time per run and training images/s. Failed runs are listed with
+their reason. Written as Markdown, CSV, LaTeX (tabulate) and JSON; shown as a rich table.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tabulate import tabulate
+
+from bnnbench.config.spec import RunResult, variant_label
+from bnnbench.errors import RunError
+from bnnbench.references import find_reference
+from bnnbench.report.stats import compare, holm, mean_interval, ranks
+from bnnbench.store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_result
+
+COLUMNS = ["method", "top1 final", "rank", "top1 best", "rank best", "top5", "paper", "gap", "silent %", "flip %",
+           "binary params %",
+           "OPs", "size", "1-bit ms (b1, CPU)", "x FP32", "epochs", "wall/run", "img/s"]
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A finished run as the reports see it: its result and its directory."""
+
+    result: RunResult
+    path: Path
+    deploy: dict | None = None  # deploy.json: the exported 1-bit model's measured latency (bnnbench/tools/deploy_bench.py)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(d: Path) -> StoredRun:
+    """The run in ``d``; ValueError/RunError when its files are missing, corrupt or do not belong together."""
+    rd = RunDir(d)
+    doc = verify_result(read_json(d / RESULT))
+    spec = rd.read_spec()
+    cfg_hash = (yaml.safe_load((d / CONFIG).read_text()) or {}).get("hash")
+    recorded = doc.get("spec_hash", doc.get("config_hash"))
+    if recorded != cfg_hash:
+        raise ValueError(f"{RESULT} belongs to run {recorded}, {CONFIG} to {cfg_hash}")
+    if doc.get("schema") is not None and spec.hash != cfg_hash:
+        raise ValueError(f"{CONFIG} was edited: its content hashes to {spec.hash}, not {cfg_hash}")
+    if doc.get("metrics_sha256") and rd.metrics_digest() != doc["metrics_sha256"]:
+        raise ValueError(f"{d / 'metrics.jsonl'} was changed after the run finished")
+    if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
+        raise ValueError("no final accuracy")
+    return StoredRun(RunResult.from_dict(doc, spec), d, read_deploy(d))
+
+
+def read_deploy(d: Path) -> dict | None:
+    """The run's ``deploy.json``, None when the run has none; an unreadable one reads as 'unavailable'."""
+    from bnnbench.tools.deploy_bench import DEPLOY_FILE
+    path = d / DEPLOY_FILE
+    if not path.exists():
+        return None
+    try:
+        doc = read_json(path)
+        if doc.get("status") == "measured":
+            float(doc["end_to_end"]["packed"]["median_s"]), float(doc["end_to_end"]["speedup_vs_fp32"])
+        return doc
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return {"status": "unavailable", "reason": f"{path} is unreadable ({type(e).__name__})"}
+
+
+def collect(out: Path, warn: Callable[[str], None]) -> list[StoredRun]:
+    """Every complete run under ``out/runs``; partial or corrupt ones are skipped with a warning."""
+    runs = []
+    root = Path(out) / "runs"
+    if not root.is_dir():
+        return runs
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (d / RESULT).exists():
+            warn(f"skipping {d}: no {RESULT} (unfinished or interrupted run)")
+            continue
+        try:
+            runs.append(load_run(d))
+        except (OSError, ValueError, RunError, yaml.YAMLError, KeyError, TypeError) as exc:
+            warn(f"skipping {d}: corrupt {RESULT} or {CONFIG} ({type(exc).__name__}: {exc})")
+    return runs
+
+
+def common_changes(runs: list[RunResult]) -> dict:
+    """The changes from the recipe that every run of a table shares (shown once, in the title)."""
+    items = [set((k, repr(v)) for k, v in r.changes.items() if k != "epochs") for r in runs]
+    shared = set.intersection(*items) if items else set()
+    keys = {k for k, _ in shared}
+    return {k: v for k, v in runs[0].changes.items() if k in keys} if runs else {}
+
+
+def row_labels(runs: list[RunResult]) -> dict[str, str]:
+    """Row label per group: the method and how it differs from the recipe beyond the table's shared
+    changes; the group hash is added where two groups would share a label."""
+    common = common_changes(runs)
+
+    def label(r: RunResult) -> str:
+        return variant_label(r.method, r.changes, common, stage=r.stage)
+    by_label: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        by_label[label(r)].add(r.group)
+    return {r.group: label(r) if len(by_label[label(r)]) == 1 else f"{label(r)}#{r.group[:6]}" for r in runs}
+
+
+def _fmt_si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[dict]:
+    """Group runs into tables; each table is {'title', 'rows': [dict per configuration]} (sorted, stable).
+
+    One table per (recipe, track, dataset, backbone, epochs, epochs changed from the recipe, full data); one row per
+    run group (the RunSpec without the seed): only seeds of one configuration are averaged.
+    """
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    deploys = {id(s.result): s.deploy for s in stored}
+    for r in (s.result for s in stored):
+        groups[(r.recipe, r.track, r.dataset, r.backbone, r.epochs, bool(r.epochs_overridden),
+                bool(r.full_data))].append(r)
+    tables = []
+    for key in sorted(groups):
+        recipe, track, dataset, backbone, epochs, overridden, full = key
+        labels = row_labels(groups[key])
+        by_group: dict[str, list[RunResult]] = defaultdict(list)
+        for r in groups[key]:
+            by_group[r.group].append(r)
+        rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden,
+                     [deploys.get(id(r)) for r in by_group[g]])
+                for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
+        add_statistics(rows, baseline)
+        sched = (f"{epochs} epochs" + (" (changed from the recipe)" if overridden else "")
+                 + ("" if full else ", data subset"))
+        shared = common_changes(groups[key])
+        if shared:
+            sched += "; all rows: " + ", ".join(f"{k}={shared[k]}" for k in sorted(shared))
+        tables.append({"recipe": recipe, "track": track, "dataset": dataset, "backbone": backbone,
+                       "epochs": epochs, "epochs_overridden": overridden, "full_data": full,
+                       "title": f"{recipe} [{track}] {dataset} / {backbone}, {sched}", "rows": rows,
+                       "baseline": baseline if any(r["method"] == baseline for r in rows) else None})
+    return tables
+
+
+def add_statistics(rows: list[dict], baseline: str | None) -> None:
+    """Ranks (final and best top-1) and, when ``baseline`` names a row, each row's difference to it with a
+    95% interval and a Holm-adjusted p-value (module bnnbench.report.stats)."""
+    for key in ("final", "best"):
+        for row, rank in zip(rows, ranks([r.get(f"{key}_by_seed") or {} for r in rows])):
+            row[f"rank_{key}"] = rank
+        base = next((r for r in rows if r["method"] == baseline), None)
+        for row in rows:
+            row[f"vs_baseline_{key}"] = None
+        if base is None or not base.get(f"{key}_by_seed"):
+            continue
+        tested = [(row, compare(row[f"{key}_by_seed"], base[f"{key}_by_seed"])) for row in rows
+                  if row is not base and row.get(f"{key}_by_seed")]
+        tested = [(row, c) for row, c in tested if c is not None]
+        for (row, c), p in zip(tested, holm([c.p for _, c in tested])):
+            row[f"vs_baseline_{key}"] = {"diff": c.diff, "low": c.low, "high": c.high, "p": c.p, "p_holm": p,
+                                         "test": c.test}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _deploy_cells(deploys: list[dict | None]) -> dict:
+    """Median 1-bit latency (ms) and speed-up over FP32 of the runs' measured exports, or why there is none."""
+    measured = [d["end_to_end"] for d in deploys if d and d.get("status") == "measured"]
+    reasons = sorted({d["reason"] for d in deploys if d and d.get("status") != "measured" and d.get("reason")})
+    if not measured:
+        return {"deploy_ms": None, "deploy_speedup": None, "deploy_note": "; ".join(reasons) or None}
+    return {"deploy_ms": 1000 * statistics.median(e["packed"]["median_s"] for e in measured),
+            "deploy_speedup": statistics.median(e["speedup_vs_fp32"] for e in measured), "deploy_note": None}
+
+
+def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
+         overridden: bool, deploys: list[dict | None] | None = None) -> dict:
+    ok = [r for r in rs if r.status == "done"]
+    failed = [r for r in rs if r.status == "failed"]
+    row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
+           "seeds": sorted(r.seed for r in ok), "failures": [f"seed {r.seed}: {r.reason}" for r in failed]}
+    if ok:
+        final, best = mean_interval([r.final_top1 for r in ok]), mean_interval([r.best_top1 for r in ok])
+        ops = dict(ok[0].ops or {})
+        silent, flip = _mean(r.silent for r in ok), _mean(r.flip_any for r in ok)
+        row.update(final_top1=final.mean, final_top1_ci=final.half, best_top1=best.mean, best_top1_ci=best.half,
+                   final_by_seed={r.seed: r.final_top1 for r in ok}, best_by_seed={r.seed: r.best_top1 for r in ok},
+                   top5=_mean(r.final_top5 for r in ok), silent=None if silent is None else 100 * silent,
+                   flip=None if flip is None else 100 * flip,
+                   binary_params=100 * ops["binary_param_ratio"] if ops else None,
+                   ops=ops.get("ops"), packed_bytes=ops.get("packed_bytes"),
+                   wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
+                   epochs_run=max(r.epochs_run for r in ok))
+        row.update(_deploy_cells([d for r, d in zip(rs, deploys or [None] * len(rs)) if r.status == "done"]))
+    ref = find_reference(rs[0].method, dataset, backbone, rs[0].stage)
+    row["paper"] = ref["top1"] if ref else None
+    row["paper_source"] = ref["source"] if ref else None
+    comparable = (ref is not None and full and not overridden and not rs[0].changes
+                  and (ref["epochs"] is None or ref["epochs"] == epochs))
+    row["comparable"] = comparable
+    row["gap"] = (row["best_top1"] - ref["top1"]) if (comparable and ok) else None
+    return row
+
+
+def _ci(mean: float, half: float | None) -> str:
+    return f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} –"
+
+
+def _vs(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}] p={v['p_holm']:.3g}"
+
+
+def columns(tables: list[dict]) -> list[str]:
+    """The leaderboard's columns; the baseline columns only when some row was compared to a baseline."""
+    compared = any(t.get("baseline") for t in tables)
+    return COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else COLUMNS
+
+
+def _cells(row: dict, cols: list[str]) -> list[str]:
+    if not row["n"]:
+        return [row["method"], f"failed ({'; '.join(row['failures'])})"] + ["-"] * (len(cols) - 2)
+    top1 = f"{_ci(row['final_top1'], row['final_top1_ci'])} (n={row['n']})"
+    if row["failed"]:
+        top1 += f" [{row['failed']} failed]"
+    paper = "-" if row["paper"] is None else f"{row['paper']:.2f}"
+    gap = (f"{row['gap']:+.2f}" if row["gap"] is not None else ("n/c" if row["paper"] is not None else "-"))
+    cells = {"method": row["method"], "top1 final": top1, "rank": str(row.get("rank_final") or "-"),
+             "top1 best": _ci(row["best_top1"], row["best_top1_ci"]), "rank best": str(row.get("rank_best") or "-"),
+             "Δ final vs baseline": _vs(row.get("vs_baseline_final")),
+             "Δ best vs baseline": _vs(row.get("vs_baseline_best")),
+             "top5": "-" if row["top5"] is None else f"{row['top5']:.2f}", "paper": paper, "gap": gap,
+             "silent %": "-" if row["silent"] is None else f"{row['silent']:.2f}",
+             "flip %": "-" if row["flip"] is None else f"{row['flip']:.2f}",
+             "binary params %": "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
+             "OPs": _fmt_si(row["ops"]),
+             "size": "-" if row["packed_bytes"] is None else f"{row['packed_bytes'] / 2**20:.2f} MiB",
+             "1-bit ms (b1, CPU)": "-" if row.get("deploy_ms") is None else f"{row['deploy_ms']:.3f}",
+             "x FP32": "-" if row.get("deploy_speedup") is None else f"{row['deploy_speedup']:.2f}",
+             "epochs": str(row["epochs_run"]), "wall/run": _fmt_time(row["wall"]), "img/s": f"{row['ips']:.0f}"}
+    return [cells[c] for c in cols]
+
+
+NOTES = ("top1 final: last-epoch test top-1, mean ± 95% confidence half-width over n seeds (Student t; '–': one "
+         "seed, no interval). top1 best: best-epoch top-1, what the papers report; choosing the best epoch on the "
+         "test set is optimistic. rank: 1 + the rows of the table significantly better (pairwise t-tests, paired "
+         "on common seeds, Welch otherwise, Holm-corrected over the table's pairs, alpha 0.05); rows not "
+         "significantly different from the best share rank 1, and one seed per row never separates rows. "
+         "Δ vs baseline: difference to the baseline row with its 95% interval and Holm-corrected p (same tests). "
+         "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
+         "(n/c: not comparable). silent %: binary weights whose effective sign never flipped; flip %: weights "
+         "that flipped at least once in the last epoch. OPs = FLOPs + BOPs/64 per image; size: binary weights "
+         "at 1 bit, other parameters at 32 bit. 1-bit ms: measured latency of the run's exported model at batch 1 "
+         "on the CPU that trained it (bit-packed XNOR-popcount kernels, bnnbench/deploy/kernels.py; median over runs); "
+         "x FP32: speed-up over the same network with FP32 convolutions on that CPU, same threads; '-': not "
+         "measured (the row's footnote says why).")
+
+
+def deploy_notes(tables: list[dict]) -> str:
+    """Why rows have no 1-bit figures (one line per distinct reason), or ''."""
+    reasons = sorted({r["deploy_note"] for t in tables for r in t["rows"] if r.get("deploy_note")})
+    return " ".join(f"1-bit columns empty: {why}." for why in reasons)
+
+
+def render(tables: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"tables": tables, "notes": NOTES}, indent=2, sort_keys=True) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        cols = columns(tables)
+        w.writerow(["table"] + cols)
+        for t in tables:
+            for row in t["rows"]:
+                w.writerow([t["title"]] + _cells(row, cols))
+        return buf.getvalue()
+    tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
+    parts = []
+    for t in tables:
+        cols = columns([t])
+        body = tabulate([_cells(r, cols) for r in t["rows"]], headers=cols, tablefmt=tablefmt, disable_numparse=True)
+        if fmt == "md":
+            parts.append(f"### {t['title']}\n\n{body}\n")
+        else:
+            parts.append(f"% {t['title']}\n{body}\n")
+    notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
+    if fmt == "md":
+        parts.append(f"_{notes}_\n")
+    else:
+        parts.append(f"% {notes}\n")
+        if not tables:
+            parts.insert(0, "No finished runs.\n")
+    return "\n".join(parts)
+
+
+def write_reports(out: Path, tables: list[dict]) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv"), ("latex", "leaderboard.tex"),
+                      ("json", "leaderboard.json")):
+        atomic_write_text(out / name, render(tables, fmt))
+        files[fmt] = out / name
+    return files
+
+
+def print_console(tables: list[dict], console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+    if not tables:
+        console.print("No finished runs.")
+    for t in tables:
+        table = Table(title=t["title"], title_justify="left")
+        cols = columns([t])
+        for c in cols:
+            table.add_column(c, justify="left" if c == "method" else "right")
+        for row in t["rows"]:
+            table.add_row(*(escape(c) for c in _cells(row, cols)))
+        console.print(table)
+    if tables:
+        console.print(escape(NOTES), soft_wrap=True, style="dim")
+        if deploy_notes(tables):
+            console.print(escape(deploy_notes(tables)), soft_wrap=True, style="yellow")

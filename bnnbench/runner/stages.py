@@ -1,0 +1,194 @@
+"""Runs that depend on runs: a recipe's ``teacher`` and ``stages`` (the two-stage track, methods_spec 3.4).
+
+A recipe may declare, next to ``train``::
+
+    teacher:                    # a full-precision run trained first (binarize: none), or
+      train: {epochs: 8}        #   teacher: {torchvision: resnet34}  (ImageNet, weights from the hub cache)
+      method: xnor              # optional: one teacher for every method (else each method's own network)
+    stages:
+      - name: stage1            # binary activations, real weights
+        train: {binarize: activations, epochs: 4}
+      - name: stage2            # both binary, initialised from stage1's final checkpoint
+        init: stage1
+        train: {binarize: all, epochs: 4, distill_weight: 1.0}
+
+Each stage's settings are the recipe's (after the track) with the stage's changes on top, then the
+command line's ``--set KEY=VALUE`` / ``--epochs`` (every run), then ``--set SCOPE.KEY=VALUE`` (only the
+runs of ``SCOPE``: ``teacher`` or a stage name, e.g. ``--set teacher.epochs=16``; see :func:`split_scoped`).
+For every method x backbone x seed, :func:`expand` gives the teacher run (when a stage distils from it),
+then the stages in order (leaderboard rows ``ovsw@teacher``, ``ovsw@stage1``, ...; stage settings come from
+the recipe, so they are not "changes"); each run records what it depends on (``init_from`` and
+``teacher``: the run's hash, directory and group), which is part of its identity; in its group (the
+seed-free identity) the dependency's group stands instead, so that the seeds of one stage share a
+leaderboard row. The runner runs them in that order, skips what is done and resumes what was interrupted;
+a run whose dependency is not done fails with that reason and is not started. Under Slurm, dependent
+runs are submitted after (``afterany``) the jobs they depend on.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import ConfigError
+
+
+def parse_stages(doc: Any, where: str) -> list[dict]:
+    """Validate a recipe's ``stages`` list: [{name, train (changes), init (an earlier stage or absent)}]."""
+    from bnnbench.config.recipes import _SAFE_NAME, check_train
+    if doc is None:
+        return []
+    if not isinstance(doc, list) or not doc:
+        raise ConfigError(f"{where}: stages must be a non-empty list of {{name, train, init}} mappings")
+    out, names = [], []
+    for i, st in enumerate(doc):
+        at = f"{where}, stages[{i}]"
+        if not isinstance(st, dict) or set(st) - {"name", "train", "init"} or "name" not in st:
+            raise ConfigError(f"{at}: expected a mapping with 'name', optional 'train' and 'init', got {st!r}")
+        name = st["name"]
+        if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in names or name == "teacher":
+            raise ConfigError(f"{at}: name = {name!r} must be a new name of letters, digits, '-', '_', '.' "
+                              f"(not 'teacher')")
+        init = st.get("init")
+        if init is not None and init not in names:
+            raise ConfigError(f"{at}: init = {init!r} must name an earlier stage ({', '.join(names) or 'none'})")
+        out.append({"name": name, "train": check_train(st.get("train") or {}, f"{at}, train", partial=True),
+                    "init": init})
+        names.append(name)
+    return out
+
+
+def parse_teacher(doc: Any, where: str) -> dict | None:
+    """Validate a recipe's ``teacher``: {train: changes} (a full-precision run) or {torchvision: model}."""
+    from bnnbench.config.recipes import check_train
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not (set(doc) <= {"train", "method"} or set(doc) == {"torchvision"}):
+        raise ConfigError(f"{where}: teacher must be {{train: {{...}}, method: M}} (a full-precision run of this "
+                          f"recipe) or {{torchvision: MODEL}}, got {doc!r}")
+    if "torchvision" in doc:
+        if not isinstance(doc["torchvision"], str):
+            raise ConfigError(f"{where}: teacher.torchvision must be a model name such as resnet34")
+        return {"torchvision": doc["torchvision"]}
+    method = doc.get("method")
+    if method is not None:
+        from bnnbench.plugins.registry import METHODS
+        METHODS.get(method, source=f"{where}, teacher.method")
+    return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True), "method": method}
+
+
+TEACHER_FORCED = {"binarize": "none", "distill_weight": 0.0}   # a teacher is a full-precision run
+
+
+def split_scoped(sets: list[tuple[str, Any]], stages: list[dict], teacher: dict | None,
+                 where: str) -> tuple[list[tuple[str, Any]], dict[str, dict]]:
+    """``--set`` pairs split into those for every run and ``{scope: {key: value}}`` for ``SCOPE.KEY=VALUE``,
+    where SCOPE is ``teacher`` (a teacher run of the suite) or one of the recipe's stage names."""
+    scopes = [s["name"] for s in stages] + (["teacher"] if teacher and "train" in teacher else [])
+    plain, scoped = [], {}
+    for key, value in sets:
+        if "." not in key:
+            plain.append((key, value))
+            continue
+        matches = [sc for sc in scopes if key.startswith(sc + ".")]   # stage names may contain '.'
+        scope = max(matches, key=len) if matches else key.split(".", 1)[0]
+        name = key[len(scope) + 1:]
+        if not matches:
+            from bnnbench.plugins.registry import METHODS
+            hint = f"; for a method hyperparameter use --hp {key}={value}" if scope in METHODS.names() else ""
+            raise ConfigError(f"--set {key}={value}: {scope!r} is not a stage or teacher of {where} "
+                              f"(scopes: {', '.join(scopes) or 'none, the recipe has no stages or teacher run'})"
+                              f"{hint}")
+        if scope == "teacher" and name in TEACHER_FORCED:
+            raise ConfigError(f"--set {key}={value}: the teacher is always a full-precision run "
+                              f"({', '.join(f'{k}={v}' for k, v in TEACHER_FORCED.items())})")
+        if name == "method_hparams":
+            raise ConfigError(f"--set {key}: use --hp METHOD.KEY=VALUE for method hyperparameters")
+        scoped.setdefault(scope, {})[name] = value
+    return plain, scoped
+
+
+def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
+           make: Callable[..., Any], where: str, overrides: dict | None = None,
+           scoped: dict[str, dict] | None = None) -> list:
+    """The runs of one method x backbone x seed, dependencies first. ``make(train, changes, **fields)``
+    builds a RunSpec from validated settings; ``train`` are the recipe's settings for this method,
+    ``overrides`` the command line's for every run (``--set``, ``--epochs``), which win over a stage's own,
+    and ``scoped`` the command line's per scope (``--set teacher.epochs=16``), which win over both; they are
+    listed among that run's changes (``epochs``) and, prefixed, among the changes of the runs that depend on
+    it (``teacher.epochs``), so their rows' labels tell them apart."""
+    from bnnbench.config.recipes import check_train
+    overrides, scoped = overrides or {}, scoped or {}
+
+    def settings(extra: dict, scope: str, force: dict | None = None) -> dict:
+        what = "teacher" if scope == "teacher" else f"stage {scope}" if scope else "train"
+        mine = scoped.get(scope, {})
+        flag = f" and --set {', '.join(f'{scope}.{k}' for k in mine)}" if mine else ""
+        return check_train({**copy.deepcopy(train), **extra, **overrides, **mine, **(force or {})},
+                           f"{where}, {what}{flag}", partial=False)
+
+    stage_list = stages or [{"name": "", "train": {}, "init": None}]
+    stage_train = [settings(st["train"], st["name"]) for st in stage_list]
+    runs, ref, carried = [], {}, {}
+    if any(t["distill_weight"] > 0 for t in stage_train):
+        if teacher is None:
+            raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
+        if "torchvision" in teacher:
+            ref = {"torchvision": teacher["torchvision"]}
+        else:
+            shared = {"method": teacher["method"]} if teacher.get("method") else {}
+            kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
+            t = make(settings(teacher["train"], "teacher", TEACHER_FORCED), kept, stage="teacher", **shared)
+            runs.append(t)
+            ref, carried["teacher"] = reference(t), _prefixed("teacher", scoped)
+    for st, s_train in zip(stage_list, stage_train):
+        fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
+        inherited = dict(carried["teacher"]) if fields["teacher"] and "teacher" in carried else {}
+        if st["init"]:
+            fields["init_from"] = reference(next(r for r in runs if r.stage == st["init"]))
+            inherited.update(carried[st["init"]])
+        carried[st["name"]] = {**inherited, **_prefixed(st["name"], scoped)}
+        runs.append(make(s_train, {**changes, **inherited, **scoped.get(st["name"], {})}, **fields))
+    return runs
+
+
+def _prefixed(scope: str, scoped: dict[str, dict]) -> dict:
+    """A scope's command-line changes as a dependent run lists them: ``{"teacher.epochs": 16}``."""
+    return {f"{scope}.{k}": v for k, v in scoped.get(scope, {}).items()}
+
+
+def reference(spec) -> dict:
+    """How a dependent run names ``spec``: its hash (identity), directory and group. The group stands for the
+    dependency in the dependent run's own group, so a stage's seeds form one leaderboard row."""
+    return {"run": spec.hash, "name": spec.name, "group": spec.group}
+
+
+def dependencies(spec) -> list[dict]:
+    """The runs ``spec`` needs finished first: [{"run": hash, "name": dir name}, ...]."""
+    return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]
+
+
+def dependency_dir(runs_dir: Path, ref: dict) -> Path:
+    """``runs_dir / name`` of the dependency ``ref``; RunError when the name (read from a config.yaml) is not
+    one plain directory name, so that it cannot point outside ``runs_dir``."""
+    from bnnbench.errors import RunError
+    name = ref.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\0" in name:
+        raise RunError(f"dependency name {name!r} is not a run directory name (one path component, as the run "
+                       f"directories under {runs_dir} are)")
+    return Path(runs_dir) / name
+
+
+def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
+    """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
+    not (a dependent run is reported as failed, not started)."""
+    from bnnbench.errors import RunError
+    from bnnbench.store import RunDir
+    d = RunDir(dependency_dir(runs_dir, ref))
+    res = d.read_result()
+    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
+        state = "missing" if res is None else res.get("status")
+        raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
+                       f"the same sweep, see that run's result.json")
+    return d.path

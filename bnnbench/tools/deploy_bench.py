@@ -1,0 +1,260 @@
+"""``run_bench.py deploy-bench``: measured 1-bit inference speed, per binary layer and end to end.
+
+For each backbone (``--arch``) and batch size (``--batch``), on the CPU, eval mode, channels_last, with
+the same thread count for every case (``--threads``, default torch's):
+
+* **per binary conv**, on the input the trained model gives that layer: the packed layer (activation
+  sign packing + XNOR-popcount conv + scale, ``bnnbench/deploy/kernels.py``) against torch FP32 ``conv2d`` of the
+  same shape;
+* **end to end**: the packed model (``bnnbench/deploy/packed.py``) against the same topology with FP32 convs and
+  against the simulated binary model (float convs of +-1 values, what training runs);
+* **exactness** (:func:`bnnbench.deploy.packed.check_exact`) on the same batch.
+
+Timing is round-robin (``bnnbench/deploy/timing.py``): one call of each case per round, ratios paired within a
+round (median and quartiles). Models are the method's backbone at its initialisation (speed does not
+depend on the weights' values). Every finished training run measures its own exported model the same way
+at batch 1 (:func:`record_run`, ``deploy.json`` in the run directory); the leaderboard's "1-bit latency"
+and "speed-up vs FP32" columns read that file, ``report`` never times anything itself.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnnbench.deploy import kernels
+from bnnbench.deploy import packed as deploy
+from bnnbench.deploy.timing import paired_ratio, round_robin
+from bnnbench.nn.layers import binary_layers
+
+DEPLOY_FILE = "deploy.json"
+#: targets on a 2-core AVX-512 CPU at batch 1, 2 threads (speed-up over torch FP32)
+TARGETS = {"layer": ("resnet18", 15.0), "end_to_end": {"resnet18": 5.0, "cresnet20": 3.0}}
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "isa": kernels.best_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> list[dict]:
+    """Each binary conv: packed (pack + popcount conv + scale) vs FP32 conv2d, on the layer's real input."""
+    _, inputs = deploy.binary_inputs(model, x)
+    packed_layers = dict(packed.named_modules())
+    rows = []
+    for name, layer in binary_layers(model):
+        if name not in inputs:
+            continue
+        xin = inputs[name].float().contiguous(memory_format=torch.channels_last)
+        weight = layer.weight.detach().float().contiguous(memory_format=torch.channels_last)
+        p = packed_layers[name]
+        with torch.no_grad():
+            times = round_robin({
+                "packed": lambda p=p, xin=xin: p(xin),
+                "fp32": lambda layer=layer, xin=xin, weight=weight: F.conv2d(
+                    xin, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)},
+                rounds, warmup)
+        ratio = paired_ratio(times["fp32"], times["packed"])
+        rows.append({"layer": name, "input": list(xin.shape), "out_channels": layer.out_channels,
+                     "kernel": list(layer.kernel_size), "stride": p.stride,
+                     "packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
+                     "speedup": ratio["median"], "speedup_q1": ratio["q1"], "speedup_q3": ratio["q3"]})
+    return rows
+
+
+def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> dict:
+    """Packed model vs the FP32 network of the same topology vs the simulated binary model."""
+    fp32 = deploy.float_model(model)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        times = round_robin({"packed": lambda: packed(x), "fp32": lambda: fp32(x), "simulated": lambda: model(x)},
+                            rounds, warmup)
+    vs_fp = paired_ratio(times["fp32"], times["packed"])
+    vs_sim = paired_ratio(times["simulated"], times["packed"])
+    return {"packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
+            "simulated": _summary(times["simulated"]), "speedup_vs_fp32": vs_fp["median"],
+            "speedup_vs_fp32_q1": vs_fp["q1"], "speedup_vs_fp32_q3": vs_fp["q3"],
+            "speedup_vs_simulated": vs_sim["median"]}
+
+
+def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
+            timing_batch: int | None = None) -> dict:
+    """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
+    ``model`` (eval, CPU, channels_last) exported to the packed form; per-layer timings when ``layers``."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
+    packed = deploy.packed_model(model)
+    x = x.cpu().float()
+    timed = x[:timing_batch] if timing_batch else x
+    out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(),
+           "exact": deploy.check_exact(model, packed, x).to_dict(),
+           "end_to_end": bench_end_to_end(model, packed, timed, rounds, warmup)}
+    if layers:
+        out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
+    return out
+
+
+def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20) -> dict:
+    """Measure a trained run's exported model (exactness on the images ``sample()`` returns, latency at
+    batch 1) and write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not
+    1-bit, no test batch) the file says why and the run stays done."""
+    from bnnbench.store import atomic_write_text
+    try:
+        doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1)}
+    except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
+        doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    atomic_write_text(run_dir / DEPLOY_FILE, json.dumps(doc, indent=1))
+    return doc
+
+
+def targets(cases: list[dict]) -> list[dict]:
+    """The issue's targets checked against the measured cases (batch 1 only)."""
+    out = []
+    arch_l, want_l = TARGETS["layer"]
+    for c in cases:
+        if c["batch"] != 1:
+            continue
+        if c["arch"] == arch_l and c.get("layers"):
+            worst = min(c["layers"], key=lambda r: r["speedup"])
+            out.append({"target": f"every binary conv of {arch_l} >= {want_l}x FP32 conv2d", "met":
+                        worst["speedup"] >= want_l, "worst": worst["layer"], "worst_speedup": worst["speedup"]})
+        want = TARGETS["end_to_end"].get(c["arch"])
+        if want:
+            got = c["end_to_end"]["speedup_vs_fp32"]
+            out.append({"target": f"{c['arch']} end to end >= {want}x FP32", "met": got >= want, "speedup": got})
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--arch", nargs="+", default=["cresnet20"], help="backbones (default cresnet20)")
+    p.add_argument("--method", default="ovsw", help="method whose binary conv builds the model (default ovsw)")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every case (default torch's)")
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds per case (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per case first (default 5)")
+    p.add_argument("--run", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                   help="finished runs: measure their exported models (final checkpoint) instead of random "
+                        "backbones and (re)write deploy.json there; needs --data-root for the test images")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset root of the --run runs")
+    p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    return p
+
+
+def _model(method: str, arch: str, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """The backbone at its initialisation (exact zeros nudged: sign 0 is not a 1-bit weight), BN statistics
+    from one random batch, and a random batch of its input shape."""
+    from bnnbench.plugins.arch import build_model
+    from bnnbench.plugins.registry import ARCHITECTURES, METHODS
+    spec = ARCHITECTURES.get(arch, source="--arch")
+    torch.manual_seed(0)
+    model = build_model(METHODS.get(method, source="--method")(family=spec.family), arch, 10)
+    for _, layer in binary_layers(model):
+        with torch.no_grad():
+            layer.weight[layer.weight == 0] = 1e-3
+    with torch.no_grad():
+        model(torch.randn(max(batch, 2), *spec.input_size))
+    return model.eval(), torch.randn(batch, *spec.input_size)
+
+
+def run(args, console) -> int:
+    """Measure, print and (``--json``) write; see the module docstring."""
+    from bnnbench.errors import ConfigError
+    reason = kernels.unavailable_reason()
+    if reason:
+        raise ConfigError(f"deploy-bench: {reason}")
+    before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, console)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args, console) -> int:
+    from bnnbench.errors import ConfigError
+    if args.rounds < 1 or args.warmup < 0 or min(args.batch) < 1:
+        raise ConfigError(f"deploy-bench: --rounds {args.rounds} must be >= 1, --warmup {args.warmup} >= 0, "
+                          f"--batch {args.batch} >= 1")
+    console.print(f"deploy-bench on {machine()['cpu']} ({kernels.best_isa()} kernels, {torch.get_num_threads()} "
+                  f"threads): median of {args.rounds} round-robin rounds after {args.warmup} warm-up calls")
+    if args.run:
+        return _run_stored(args, console)
+    cases = [{"arch": a, "method": args.method, **measure(*_model(args.method, a, b), args.rounds, args.warmup)}
+             for a in args.arch for b in args.batch]
+    for c in cases:
+        print_case(c, console)
+    checked = targets(cases)
+    for t in checked:
+        console.print(f"target {t['target']}: {'met' if t['met'] else 'missed'} "
+                      f"({t.get('speedup', t.get('worst_speedup')):.2f}x)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "rounds": args.rounds, "warmup": args.warmup,
+                                         "cases": cases, "targets": checked}, indent=1))
+        console.print(f"figures written to {args.json}")
+    return 0 if all(c["exact"]["exact"] for c in cases) else 1
+
+
+def _run_stored(args, console) -> int:
+    """deploy-bench --run: each run's exported model at batch 1, written to its deploy.json."""
+    from bnnbench.engine.run import trained_model
+    from bnnbench.errors import ConfigError
+    if args.data_root is None:
+        raise ConfigError("deploy-bench --run needs --data-root (the test images the exactness check uses)")
+    ok = True
+    for d in args.run:
+        _, model, test = trained_model(d, args.data_root)
+        doc = record_run(d, model, lambda test=test: next(iter(test))[0][:16], args.rounds)
+        if doc["status"] != "measured":
+            ok = False
+            console.print(f"{d.name}: not measured: {doc['reason']}")
+            continue
+        e, x = doc["end_to_end"], doc["exact"]
+        ok = ok and x["exact"]
+        console.print(f"{d.name}: 1-bit {1000 * e['packed']['median_s']:.3f} ms, FP32 "
+                      f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
+                      f"top-1 same {x['top1_same']}/{x['samples']}")
+    return 0 if ok else 1
+
+
+def print_case(c: dict, console) -> None:
+    from rich.table import Table
+    e = c["end_to_end"]
+    if c.get("layers"):
+        t = Table(title=f"{c['arch']} batch {c['batch']}: binary convs, packed vs FP32 conv2d")
+        for col in ("layer", "input", "c_out", "stride", "1-bit ms", "FP32 ms", "speed-up", "IQR"):
+            t.add_column(col, justify="right")
+        for r in c["layers"]:
+            t.add_row(r["layer"], "x".join(map(str, r["input"][1:])), str(r["out_channels"]), str(r["stride"]),
+                      f"{1000 * r['packed']['median_s']:.3f}", f"{1000 * r['fp32']['median_s']:.3f}",
+                      f"{r['speedup']:.1f}x", f"{r['speedup_q1']:.1f}-{r['speedup_q3']:.1f}")
+        console.print(t)
+    x = c["exact"]
+    console.print(f"{c['arch']} batch {c['batch']} end to end: 1-bit {1000 * e['packed']['median_s']:.3f} ms, "
+                  f"FP32 {1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x, IQR "
+                  f"{e['speedup_vs_fp32_q1']:.2f}-{e['speedup_vs_fp32_q3']:.2f}), simulated binary "
+                  f"{1000 * e['simulated']['median_s']:.3f} ms ({e['speedup_vs_simulated']:.2f}x)")
+    mism = sum(layer["mismatches"] for layer in x["layers"])
+    zeros = sum(layer["zero_inputs"] for layer in x["layers"])
+    console.print(f"  exact: {x['exact']} ({mism} mismatching integer outputs, {zeros} zero activations), "
+                  f"max |logit diff| {x['max_logit_diff']:.3g}, top-1 same {x['top1_same']}/{x['samples']}")
