@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnbench.errors import ConfigError
-from bnnbench.plugins.arch import ArchSpec, kaiming_binary_init, register_arch
-from bnnbench.plugins.method import Method
+from bnnbench.plugins import ArchSpec, Method, kaiming_binary_init, register_arch
 
 
 class PadShortcut(nn.Module):

@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.nn.layers import shift
-from bnnbench.plugins.arch import ArchSpec, register_arch
-from bnnbench.plugins.method import Method
+from bnnbench.nn import shift
+from bnnbench.plugins import ArchSpec, Method, register_arch
 
 
 class Shift(nn.Module):

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnnbench.plugins.arch import ArchSpec, kaiming_binary_init, register_arch
-from bnnbench.plugins.method import Method
+from bnnbench.plugins import ArchSpec, Method, kaiming_binary_init, register_arch
 
 
 class BasicBlock(nn.Module):

@@ -19,8 +19,7 @@ import math
 from torch import Tensor, nn
 
 from bnnbench.errors import ConfigError
-from bnnbench.plugins.arch import ArchSpec, register_arch
-from bnnbench.plugins.method import Method
+from bnnbench.plugins import ArchSpec, Method, register_arch
 
 
 class VGGSmall(nn.Module):

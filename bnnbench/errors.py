@@ -7,6 +7,7 @@ exits non-zero without a traceback.
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Iterable
 
 
@@ -40,3 +41,23 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Sentence fragment " (did you mean 'x'?)" or "" when nothing is close."""
     match = closest(name, choices)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+def describe_exception(exc: BaseException, skip: tuple[str, ...] = (), subject: str = "it") -> str:
+    """'Type: message (at file:line, in function)' for people: the innermost frame whose file names none of
+    ``skip`` (e.g. the engine's own folder and torch, so a plugin's line is named), else the innermost
+    frame. ``subject`` says who called ``sys.exit`` ("it", "the run"). The one describer of the suite: used
+    for plugins that fail to import (:mod:`bnnbench.plugins.registry`) and runs that raise
+    (:mod:`bnnbench.engine.failures`)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    outside = [f for f in frames if not any(s in f.filename for s in skip)]
+    frame = (outside or frames or [None])[-1]
+    where = f" (at {frame.filename}:{frame.lineno}, in {frame.name})" if frame else ""
+    if isinstance(exc, SystemExit):
+        return f"{subject} called sys.exit({exc.code!r}){where}"
+    if type(exc).__name__ == "FailOnRecompileLimitHit":
+        return (f"torch.compile recompiled the model more than torch._dynamo.config.recompile_limit times "
+                f"(compile: true){where}: a value the forward pass reads changes between steps as a Python number "
+                f"(keep schedules in buffers, set with tensor.fill_; see README, Plugin API), or rerun with "
+                f"compile: false")
+    return f"{type(exc).__name__}: {exc}{where}"

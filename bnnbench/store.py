@@ -6,6 +6,8 @@
         checkpoint.pt     last epoch (atomic); checkpoint.prev.pt the one before (fallback if corrupt)
         init_weights.pt   initial latent weights of the binary layers (silent-weight histograms)
         flips.pt          final never-flipped masks
+        init.json         what --init-from loaded (matched, missing, unexpected tensors)
+        deploy.json       the trained model exported to 1-bit form, measured on this CPU
         result.json       written atomically, last: a run with a valid result.json is done
         lock              claim of the worker running it: an OS file lock while it runs (text: pid, host, time)
         error.log         traceback of an exception that failed the run
@@ -33,10 +35,14 @@ import torch
 import yaml
 
 from bnnbench import faults
+from bnnbench.config.spec import RunSpec
 from bnnbench.errors import RunError
 
+#: the files of a run directory (this module is their only owner; the module docstring says what each holds)
 RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", "metrics.jsonl",
                                                   "checkpoint.pt", "checkpoint.prev.pt", "lock")
+FLIPS, INIT_WEIGHTS, INIT_REPORT, DEPLOY, ERROR_LOG = ("flips.pt", "init_weights.pt", "init.json", "deploy.json",
+                                                       "error.log")
 # --- atomic writes -----------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -202,7 +208,6 @@ class RunDir:
 
     def read_spec(self):
         """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
-        from bnnbench.config.spec import RunSpec
         p = self.file(CONFIG)
         try:
             doc = yaml.safe_load(p.read_text())
@@ -211,10 +216,9 @@ class RunDir:
         return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(p)))
 
     def _with_dependency_groups(self, spec):
-        """A run written before dependency references carried their run's group (bnnbench/runner/stages.py
+        """A run written before dependency references carried their run's group (bnnbench/config/spec.py
         ``reference``) gets it from the dependency's config.yaml beside it, when that is there and readable;
         the hash does not involve the group, only the leaderboard row does."""
-        from bnnbench.runner.stages import dependency_dir
         fixes = {}
         for name in ("init_from", "teacher"):
             ref = dict(getattr(spec, name))
@@ -287,7 +291,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Forget a previous attempt (``--force``): result, checkpoints, metrics, deploy figures."""
-        for name in (RESULT, METRICS, CKPT, CKPT_PREV, "flips.pt", "init_weights.pt", "error.log", "deploy.json"):
+        for name in (RESULT, METRICS, CKPT, CKPT_PREV, FLIPS, INIT_WEIGHTS, ERROR_LOG, DEPLOY):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:
@@ -386,6 +390,28 @@ class RunDir:
         except OSError:
             pass
         os.close(fd)
+
+
+def dependency_dir(runs_dir: Path, ref: dict) -> Path:
+    """``runs_dir / name`` of the dependency ``ref``; RunError when the name (read from a config.yaml) is not
+    one plain directory name, so that it cannot point outside ``runs_dir``."""
+    name = ref.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\0" in name:
+        raise RunError(f"dependency name {name!r} is not a run directory name (one path component, as the run "
+                       f"directories under {runs_dir} are)")
+    return Path(runs_dir) / name
+
+
+def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
+    """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
+    not (a dependent run is reported as failed, not started)."""
+    d = RunDir(dependency_dir(runs_dir, ref))
+    res = d.read_result()
+    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
+        state = "missing" if res is None else res.get("status")
+        raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
+                       f"the same sweep, see that run's result.json")
+    return d.path
 
 
 def check_writable(out: Path) -> None:

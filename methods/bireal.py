@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.nn.surrogates import amp_backward, amp_forward, sign_approx
-from bnnbench.plugins.method import Method, register_method
+from bnnbench.nn import FILTER_DIMS, BinaryConv2d, amp_backward, amp_forward, sign_approx
+from bnnbench.plugins import Method, register_method
 
 
 class _MagnitudeSign(torch.autograd.Function):

@@ -23,9 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.nn.surrogates import sign_ede
-from bnnbench.plugins.method import Method, register_method
+from bnnbench.nn import FILTER_DIMS, BinaryConv2d, sign_ede
+from bnnbench.plugins import Method, register_method
 
 
 def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:

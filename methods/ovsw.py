@@ -27,9 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.nn.surrogates import sign_approx, sign_approx_per_sample, sign_ste
-from bnnbench.plugins.method import Method, register_method
+from bnnbench.nn import FILTER_DIMS, BinaryConv2d, sign_approx, sign_approx_per_sample, sign_ste
+from bnnbench.plugins import Method, register_method
 
 
 class OvSWConv2d(BinaryConv2d):

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bnnbench.nn.layers import FILTER_DIMS, BinaryConv2d
-from bnnbench.nn.surrogates import sign_clipped
-from bnnbench.plugins.method import Method, register_method
+from bnnbench.nn import FILTER_DIMS, BinaryConv2d, sign_clipped
+from bnnbench.plugins import Method, register_method
 
 
 class XnorConv2d(BinaryConv2d):

@@ -103,7 +103,7 @@ def test_init_from_a_finished_run_records_it_and_starts_from_its_weights(finishe
 
 
 def test_init_from_reports_mismatches_and_refuses_a_file_that_matches_nothing(tmp_path):
-    from bnnbench.cli.models import init_from, resolve_init
+    from bnnbench.engine.init import init_from, resolve_init
     from bnnbench.errors import ConfigError, RunError
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10))
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 5))

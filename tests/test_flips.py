@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from bnnbench.engine.flips import FlipTracker
-from bnnbench.plugins.registry import METHODS
+from bnnbench.plugins import METHODS
 
 
 def make(values):

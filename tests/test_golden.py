@@ -3,7 +3,7 @@ import pytest
 import torch
 from bnnbench.methods.ovsw import ags_, sad_
 
-from bnnbench.plugins.registry import METHODS
+from bnnbench.plugins import METHODS
 
 
 def run_conv(method, d, stride, dtype, setup):

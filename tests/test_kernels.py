@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from bnnbench.deploy import kernels
 from bnnbench.deploy import packed as deploy
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model
-from bnnbench.plugins.registry import ARCHITECTURES, METHODS
 
 if kernels.unavailable_reason():
     pytest.skip(kernels.unavailable_reason(), allow_module_level=True)

@@ -10,7 +10,7 @@ from torch import nn
 
 from bnnbench.engine.run import train_step
 from bnnbench.errors import ConfigError
-from bnnbench.plugins.registry import METHODS
+from bnnbench.plugins import METHODS
 
 
 def layer(name, cin=4, cout=6, **hp):

@@ -4,8 +4,8 @@ import torch
 
 from bnnbench.engine.run import train_step
 from bnnbench.nn.layers import binary_layers
+from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model
-from bnnbench.plugins.registry import ARCHITECTURES, METHODS
 
 PAIRS = [(m, a) for m in METHODS.names() for a in ARCHITECTURES.names()]
 

@@ -2,8 +2,8 @@
 import pytest
 
 from bnnbench.nn.ops import count_ops
+from bnnbench.plugins import METHODS
 from bnnbench.plugins.arch import build_model
-from bnnbench.plugins.registry import METHODS
 
 
 def conv_macs(cin, cout, k, hw_out):

@@ -10,7 +10,7 @@ from conftest import TALLY, make_recipe
 
 from bnnbench.cli.main import build_parser, main, plan
 from bnnbench.errors import RegistryError
-from bnnbench.plugins.registry import METHODS, _load_entry_point
+from bnnbench.plugins import METHODS
 
 HEADER = textwrap.dedent('''
     import sys
@@ -164,10 +164,10 @@ def test_an_entry_point_may_name_an_unregistered_method_class(tmp_path, monkeypa
             conv_class = C
         '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    _load_entry_point(metadata.EntryPoint("fep", "ep_pkg:FromEntryPoint", "bnnbench.methods"), "bnnbench.methods")
+    METHODS.load_entry_point(metadata.EntryPoint("fep", "ep_pkg:FromEntryPoint", "bnnbench.methods"))
     assert "from_entry_point" in METHODS.names()
     with pytest.raises(RegistryError, match="must name a plugin module, a Method subclass"):
-        _load_entry_point(metadata.EntryPoint("x", "ep_pkg:sign_ste", "bnnbench.methods"), "bnnbench.methods")
+        METHODS.load_entry_point(metadata.EntryPoint("x", "ep_pkg:sign_ste", "bnnbench.methods"))
     sys.modules.pop("ep_pkg", None)
 
 

@@ -4,9 +4,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bnnbench.config.recipes import TRAIN_FIELDS, load_recipe, parse_recipe, recipe_names
+from bnnbench.config.recipes import load_recipe, parse_recipe, recipe_names
+from bnnbench.config.settings import TRAIN_FIELDS
 from bnnbench.errors import BnnBenchError, ConfigError
-from bnnbench.plugins.registry import METHODS
+from bnnbench.plugins import METHODS
 
 
 def test_every_shipped_recipe_loads_and_resolves_for_every_method():

@@ -7,8 +7,8 @@ import torch
 
 from bnnbench.engine.run import train_step
 from bnnbench.errors import RegistryError
+from bnnbench.plugins import ARCHITECTURES, METHODS, Registry, load_plugin
 from bnnbench.plugins.arch import build_model
-from bnnbench.plugins.registry import ARCHITECTURES, METHODS, Registry, load_plugin
 
 PLUGIN = textwrap.dedent('''
     import torch
@@ -81,7 +81,7 @@ def test_plugin_module_and_entry_point(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[bnnbench.methods]\nep_test = ep_plugin_mod\n")
     monkeypatch.syspath_prepend(str(pkg))
     from bnnbench.plugins import registry
-    monkeypatch.setitem(registry._state, "loaded", False)
+    monkeypatch.setattr(METHODS, "loaded", False)
     try:
         registry.ensure_builtins()
         assert "ep_test" in METHODS.names()

@@ -47,7 +47,7 @@ def test_weight_decay_policies():
     # ReCU ImageNet (its own rule, methods/recu.py): only names containing 'conv' or 'fc' (the FP downsample
     # conv gets none); a method without a by-name rule refuses the policy
     from bnnbench.errors import ConfigError
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     assert count(param_groups(model, 1e-4, "by_name", METHODS.get("recu")())) == [108 + 10, 8 + 16]
     with pytest.raises(ConfigError, match="by_name"):
         param_groups(model, 1e-4, "by_name", METHODS.get("ovsw")())

@@ -1,4 +1,5 @@
-"""Runs that depend on runs (bnnbench/runner/stages.py), stage binarisation, and distillation (bnnbench/engine/distill.py)."""
+"""Runs that depend on runs (bnnbench/runner/stages.py), stage binarisation, and distillation
+(bnnbench/engine/distill.py)."""
 import dataclasses
 import json
 import os
@@ -102,7 +103,7 @@ def test_the_seeds_of_a_stage_share_one_group_and_old_references_get_it_on_read(
 @pytest.mark.parametrize("name", ["../elsewhere", "/abs/run", "a/b", "..", ""])
 def test_a_dependency_name_that_is_not_a_run_directory_is_refused(tmp_path, name):
     from bnnbench.errors import RunError
-    from bnnbench.runner.stages import dependency_dir, finished_dependency
+    from bnnbench.store import dependency_dir, finished_dependency
     with pytest.raises(RunError, match="not a run directory name"):
         dependency_dir(tmp_path, {"run": "abc", "name": name})
     with pytest.raises(RunError, match="not a run directory name"):
@@ -125,7 +126,7 @@ def test_bad_stage_sections_are_refused(tmp_path, doc, message):
 
 
 def test_stage_binarisation_modes():
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     m = METHODS.get("recu")()
     conv = m.conv(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 5, 5)

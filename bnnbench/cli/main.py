@@ -146,7 +146,7 @@ def parse_assignments(items: list[str], flag: str) -> list[tuple[str, object]]:
 
 def cmd_list(console) -> int:
     from bnnbench.config.recipes import load_recipe, recipe_names
-    from bnnbench.plugins.registry import ARCHITECTURES, METHODS
+    from bnnbench.plugins import ARCHITECTURES, METHODS
     console.print("[bold]methods[/bold]")
     for name in METHODS.names():
         console.print(f"  {name:12s} {METHODS.get(name)().describe()}")
@@ -161,7 +161,7 @@ def cmd_list(console) -> int:
 
 def _cli_hparams(args, methods: list[str]) -> dict[str, dict]:
     """--hp METHOD.KEY=VALUE grouped by method; a method that is not being run is an error."""
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     hps: dict[str, dict] = {}
     for key, value in parse_assignments(args.hp, "--hp"):
         if "." not in key:
@@ -204,7 +204,7 @@ def _settings(recipe, method: str, args, sets) -> tuple[dict, str, dict, int]:
 
 def _method_hparams(method: str, family: str, recipe_hp: dict, cli_hp: dict, recipe_path: str) -> tuple[dict, dict]:
     """(resolved hyperparameters, those --hp changed from what the recipe gives)."""
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     cls = METHODS.get(method)
     base = cls(family=family, overrides=recipe_hp, source=f"recipe {recipe_path}").hp
     hp = cls(family=family, overrides={**recipe_hp, **cli_hp}, source=f"recipe {recipe_path} and --hp").hp
@@ -215,7 +215,7 @@ def _make_spec(base: dict, hp_changes: dict, init: dict, settings: dict, changed
     """One RunSpec of the matrix; ``--init-from`` (``init``) applies to a run that has no stage to start from."""
     from bnnbench.config.spec import RunSpec, settings_from
     if fields.get("method", base["method"]) != base["method"]:  # a teacher shared by every method
-        from bnnbench.plugins.registry import ARCHITECTURES, METHODS
+        from bnnbench.plugins import ARCHITECTURES, METHODS
         family = ARCHITECTURES.get(base["backbone"]).family
         base = {**base, "method": fields["method"], "method_hparams": METHODS.get(fields["method"])(family=family).hp}
         hp_changes = {}
@@ -230,7 +230,7 @@ def _make_spec(base: dict, hp_changes: dict, init: dict, settings: dict, changed
 def plan(args) -> tuple[list, object]:
     """Resolve the run matrix (method x backbone x seed) into RunSpecs, validating everything first."""
     from bnnbench.config.recipes import load_recipe
-    from bnnbench.plugins.registry import ARCHITECTURES, METHODS, provenance
+    from bnnbench.plugins import ARCHITECTURES, METHODS, provenance
     if not args.methods:
         raise ConfigError("--methods is required (e.g. --methods ovsw recu, or --methods all); "
                           "see --list for what is registered")
@@ -245,7 +245,7 @@ def plan(args) -> tuple[list, object]:
         raise ConfigError(f"--seeds {args.seeds}: must be between 1 and 10000")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs {args.epochs}: must be at least 1")
-    from bnnbench.cli.models import resolve_init
+    from bnnbench.engine.init import resolve_init
     from bnnbench.runner.stages import expand, split_scoped
     sets, scoped = split_scoped(parse_assignments(args.sets, "--set"), recipe.stages, recipe.teacher,
                                 f"recipe {recipe.path}")
@@ -414,7 +414,7 @@ def run_matrix(todo: list, device, data_root: Path, force: bool, console, logger
 
 
 def cmd_report(args, console) -> int:
-    from bnnbench.plugins.registry import load_plugin
+    from bnnbench.plugins import load_plugin
     for spec in args.plugin:
         load_plugin(spec)
     if args.out.exists() and not args.out.is_dir():
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy-bench":
             from bnnbench.tools.deploy_bench import run as deploy_bench_run
             return deploy_bench_run(args, console)
-        from bnnbench.plugins.registry import ensure_builtins, load_plugin
+        from bnnbench.plugins import ensure_builtins, load_plugin
         ensure_builtins()
         for spec in args.plugin:
             load_plugin(spec)

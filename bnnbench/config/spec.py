@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnnbench.config.recipes import TRAIN_FIELDS
+from bnnbench.config.settings import TRAIN_FIELDS
 from bnnbench.errors import RunError
 
 SCHEMA = 2
@@ -65,7 +65,7 @@ def variant_label(method: str, changes: Mapping[str, Any], shared: Mapping[str, 
 
 def _dependency(ref: Mapping[str, Any], with_seed: bool, prefix: str = "") -> str:
     """A run another run depends on, in the identity: its hash, or its group in the seed-free identity (where
-    the reference records one; bnnbench/runner/stages.py ``reference``)."""
+    the reference records one; ``reference`` below)."""
     if with_seed or not ref.get("group"):
         return prefix + ref["run"]
     return f"group:{ref['group']}"
@@ -263,3 +263,14 @@ class RunResult:
         kw.setdefault("full_data", spec.full_data)
         kw.setdefault("epochs_overridden", spec.epochs_overridden)
         return cls(**kw)
+
+
+def reference(spec) -> dict:
+    """How a dependent run names ``spec``: its hash (identity), directory and group. The group stands for the
+    dependency in the dependent run's own group, so a stage's seeds form one leaderboard row."""
+    return {"run": spec.hash, "name": spec.name, "group": spec.group}
+
+
+def dependencies(spec) -> list[dict]:
+    """The runs ``spec`` needs finished first: [{"run": hash, "name": dir name}, ...]."""
+    return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]

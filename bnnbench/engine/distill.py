@@ -76,7 +76,7 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
 def load_teacher(ref: dict, runs_dir: Path, data_root: Path, device: torch.device, num_classes: int) -> nn.Module:
     """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, or ``{"torchvision"}``)."""
     from bnnbench.engine.run import trained_model
-    from bnnbench.runner.stages import finished_dependency
+    from bnnbench.store import finished_dependency
     if "torchvision" in ref:
         model = torchvision_teacher(ref["torchvision"], num_classes)
     else:

@@ -51,10 +51,10 @@ from bnnbench.errors import ConfigError, RunError
 from bnnbench.nn.layers import binary_layers, take_sign0_counts
 from bnnbench.nn.ops import count_ops
 from bnnbench.paths import ROOT
+from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model
 from bnnbench.plugins.method import Method
-from bnnbench.plugins.registry import ARCHITECTURES, METHODS
-from bnnbench.store import RunDir, atomic_torch_save, load_torch
+from bnnbench.store import ERROR_LOG, FLIPS, INIT_REPORT, INIT_WEIGHTS, RunDir, atomic_torch_save, load_torch
 
 
 def seed_everything(seed: int) -> None:
@@ -348,7 +348,7 @@ class Run:
             if self.spec.init_from:
                 self._init_from()
             if self.main:
-                atomic_torch_save(self.tracker.init_weights, self.dir.file("init_weights.pt"))
+                atomic_torch_save(self.tracker.init_weights, self.dir.file(INIT_WEIGHTS))
             return
         if state.get("spec_hash") != self.spec.hash:
             raise RunError(f"{self.dir.file('checkpoint.pt')} belongs to run {state.get('spec_hash')!r}, not to "
@@ -356,7 +356,7 @@ class Run:
         self.load_state_dict(state)
         if self.main:
             self.dir.write_metrics(self.history)
-        init = self.dir.file("init_weights.pt")
+        init = self.dir.file(INIT_WEIGHTS)
         if init.exists():
             try:
                 self.tracker.init_weights = load_torch(init)
@@ -369,16 +369,16 @@ class Run:
         """Start from ``--init-from`` weights (name and shape matches), reported and kept in ``init.json``."""
         import json
 
-        from bnnbench.cli.models import describe_init, init_from, resolve_init
+        from bnnbench.engine.init import describe_init, init_from, resolve_init
         init = dict(self.spec.init_from)
         if "sha256" not in init:  # a stage: the final checkpoint of the stage before it, which must be done
-            from bnnbench.runner.stages import finished_dependency
+            from bnnbench.store import finished_dependency
             init = {**resolve_init(finished_dependency(self.dir.path.parent, init, "init")), "run": init["run"]}
         report = init_from(self.net, init)
         self.tracker = FlipTracker(self.net)  # flips count from the loaded weights
         if self.main:
             self.warn(describe_init(init, report))
-            self.dir.file("init.json").write_text(json.dumps({**init, **report}, indent=1) + "\n")
+            self.dir.file(INIT_REPORT).write_text(json.dumps({**init, **report}, indent=1) + "\n")
 
     # --- training ------------------------------------------------------------------------------------------
     def _epoch_start(self, epoch: int) -> tuple[int, float, EpochSums]:
@@ -528,7 +528,7 @@ class Run:
         result = self.result(status, reason)
         if self.main:
             if status == "done":
-                atomic_torch_save(self.tracker.never_flipped(), self.dir.file("flips.pt"))
+                atomic_torch_save(self.tracker.never_flipped(), self.dir.file(FLIPS))
                 self.record_deployment()
             faults.point("before_result")
             self.dir.write_result(result)
@@ -590,9 +590,6 @@ def train_run(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: P
               progress: Progress | None = None, warn: Callable[[str], None] = print, loggers: tuple = ()) -> RunResult:
     """Train (or resume) one run in ``run_dir``; returns and writes its result."""
     return Run(spec, run_dir, device, data_root, progress=progress, warn=warn, loggers=loggers).fit()
-
-
-ERROR_LOG = "error.log"
 
 
 def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,

@@ -11,6 +11,7 @@ taps see zeros, as in every reference implementation.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -163,17 +164,17 @@ def binary_layers(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
 
 
-def take_sign0_counts(model: nn.Module) -> tuple[int, int]:
+def take_sign0_counts(model: nn.Module, reduce: Callable[[Tensor], Tensor] = lambda t: t) -> tuple[int, int]:
     """(exact zeros, elements) among the binary convs' binarised inputs since the last call, summed over
-    the layers (and over the ranks under DDP); the counters restart at 0. One host read."""
-    from bnnbench.engine import distributed as ddp
+    the layers and by ``reduce`` (the engine passes the all-ranks sum under DDP); the counters restart at 0.
+    One host read."""
     layers = [m for _, m in binary_layers(model)]
     if not layers:
         return 0, 0
     total = torch.stack([m.sign0 for m in layers]).sum(dim=0)
     for m in layers:
         m.sign0.zero_()
-    zeros, seen = ddp.all_reduce_sum(total).tolist()
+    zeros, seen = reduce(total).tolist()
     return int(zeros), int(seen)
 
 

@@ -1,12 +1,12 @@
 """The method plugin API.
 
-A method is a subclass of :class:`Method` registered in :data:`bnnbench.plugins.registry.METHODS`::
+A method is a subclass of :class:`Method` registered in :data:`METHODS` (this module)::
 
-    from bnnbench.plugins.method import Method
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import Method, register_method
 
-    @METHODS.register("mymethod")
+    @register_method                     # or @METHODS.register("mymethod"): the same checks
     class MyMethod(Method):
+        name = "mymethod"
         conv_class = MyConv2d            # a BinaryConv2d subclass
         hparams = {"beta": 0.5}          # its own hyperparameters with defaults
 
@@ -41,6 +41,8 @@ from torch import nn
 
 from bnnbench.errors import ConfigError, RegistryError, did_you_mean
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.plugins.registry import Registry, definition_site
+from bnnbench.references import load_references
 
 
 def check_hparams(values: dict[str, Any], defaults: dict[str, Any], *, owner: str, source: str) -> dict:
@@ -177,7 +179,6 @@ class Method:
     @classmethod
     def references(cls) -> list[dict[str, Any]]:
         """Published results: dicts with dataset, backbone, top1, top5, epochs, source."""
-        from bnnbench.references import load_references
         return [r for r in load_references() if r["method"] == cls.name] + list(cls.published)
 
     @staticmethod
@@ -192,14 +193,6 @@ class Method:
 HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
          "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
          "activation": ("channels",), "loss": ("settings",), "set_binarize": ("model", "mode")}
-
-
-def definition_site(obj) -> str:
-    """``file:line`` where a class or function is defined (for messages that point at a plugin's code)."""
-    try:
-        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
-    except (OSError, TypeError):
-        return getattr(obj, "__module__", "<unknown>")
 
 
 def check_method_class(cls) -> None:
@@ -224,10 +217,28 @@ def check_method_class(cls) -> None:
                                 f"must accept (self, {', '.join(params)})") from None
 
 
+def _validate(name: str, cls, origin: str) -> None:
+    """What every registration of a method runs: a Method subclass registered under its own ``name``, which
+    the trainer can use (:func:`check_method_class`)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise RegistryError(f"method {name!r} ({origin}) must be a Method subclass, got {cls!r}")
+    if cls.name != name:
+        raise RegistryError(f"method class {cls.__name__} ({origin}) is registered as {name!r} but its name "
+                            f"attribute is {cls.name!r}; set name = {name!r} in the class")
+    check_method_class(cls)
+
+
+def _adopt(obj) -> str | None:
+    return obj.name if isinstance(obj, type) and issubclass(obj, Method) else None
+
+
+#: the method registry: built-ins from ``methods/``, entry points of group ``bnnbench.methods``, ``--plugin``
+METHODS: Registry[type[Method]] = Registry("method", package="bnnbench.methods", group="bnnbench.methods",
+                                           validate=_validate, adopt=_adopt)
+
+
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a :class:`Method` subclass under its ``name`` (checked first)."""
-    from bnnbench.plugins.registry import METHODS
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise RegistryError(f"register_method expects a Method subclass, got {cls!r}")
-    check_method_class(cls)
     return METHODS.register(cls.name, cls, origin=definition_site(cls))

@@ -1,52 +1,71 @@
-"""Registries of methods and architectures, and plugin discovery.
+"""The generic registry and plugin discovery (no plugin types: each registry is given its validator).
 
-Two registries, :data:`METHODS` and :data:`ARCHITECTURES`. Built-in plugins live in the folders
-``methods/`` and ``architectures/`` of the project, installed as the subpackages ``bnnbench.methods`` and
-``bnnbench.architectures`` (one module each, imported in name order; never looked up in the current
-folder); third-party plugins come from the entry-point groups ``bnnbench.methods`` /
+A :class:`Registry` maps names to plugin objects with loud errors for duplicates and unknown names; every
+way of registering (``@REG.register("name")``, ``register_method``, an entry point) runs the registry's
+``validate``. The two registries of the suite live beside their types: ``METHODS`` in
+:mod:`bnnbench.plugins.method`, ``ARCHITECTURES`` in :mod:`bnnbench.plugins.arch`. Built-in plugins live
+in the folders ``methods/`` and ``architectures/`` of the project, installed as the subpackages
+``bnnbench.methods`` and ``bnnbench.architectures`` (one module each, imported in name order; never looked
+up in the current folder); third-party plugins come from the entry-point groups ``bnnbench.methods`` /
 ``bnnbench.architectures`` or from an explicit file path or module name (:func:`load_plugin`, ``--plugin``
 on the CLI). A plugin that fails to import raises :class:`~bnnbench.errors.RegistryError` naming the
 plugin and the original error: nothing is swallowed.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 import sys
 import traceback
-import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from bnnbench.errors import RegistryError, did_you_mean
+from bnnbench.errors import RegistryError, describe_exception, did_you_mean
 
 T = TypeVar("T")
+#: every registry created (METHODS, ARCHITECTURES): what :func:`ensure_builtins` discovers
+REGISTRIES: list["Registry"] = []
 
 
 class Registry(Generic[T]):
-    """A name -> object mapping with loud errors for duplicates and unknown names."""
+    """A name -> object mapping with loud errors for duplicates and unknown names.
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    ``validate(name, obj, origin)`` refuses an object the suite could not use (it raises RegistryError);
+    ``adopt(obj)`` names an object an entry point points at directly (e.g. a Method subclass), or None.
+    ``package`` and ``group`` are where the built-ins and the installed plugins of this kind are found."""
+
+    def __init__(self, kind: str, *, package: str | None = None, group: str | None = None,
+                 validate: Callable[[str, Any, str], None] = lambda name, obj, origin: None,
+                 adopt: Callable[[Any], str | None] = lambda obj: None):
+        self.kind, self.package, self.group = kind, package, group
+        self.validate, self.adopt = validate, adopt
         self._items: dict[str, T] = {}
         self._origin: dict[str, str] = {}
+        self.loaded = False
+        self._loading = False
+        REGISTRIES.append(self)
 
     def register(self, name: str, obj: T | None = None, *, origin: str | None = None):
-        """Register ``obj`` under ``name``; usable as ``@REG.register("name")`` on a class or function."""
+        """Register ``obj`` under ``name``; usable as ``@REG.register("name")`` on a class or function.
+        The object is checked by the registry's ``validate`` first, whichever way it is registered."""
         if obj is None:
             return lambda o: self.register(name, o, origin=origin)
+        origin = origin or caller_origin()
         if not isinstance(name, str) or not name.isidentifier():
             raise RegistryError(f"{self.kind} name {name!r} is not allowed: use a Python identifier "
                                 f"(letters, digits, underscore), e.g. 'my_method'")
+        self.validate(name, obj, origin)
         if name in self._items:
             raise RegistryError(
                 f"duplicate {self.kind} name {name!r}: already registered by {self._origin[name]}; "
-                f"the second registration came from {origin or _caller_origin()}. Pick another name.")
+                f"the second registration came from {origin}. Pick another name.")
         self._items[name] = obj
-        self._origin[name] = origin or _caller_origin()
+        self._origin[name] = origin
         return obj
 
     def unregister(self, name: str) -> None:
@@ -55,7 +74,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str, *, source: str = "") -> T:
         """The object registered as ``name``; unknown names raise with the list and the closest match."""
-        ensure_builtins()
+        self.discover()
         if name not in self._items:
             where = f" (from {source})" if source else ""
             raise RegistryError(
@@ -64,86 +83,70 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
-        ensure_builtins()
+        self.discover()
         return sorted(self._items)
 
     def origin(self, name: str) -> str:
         return self._origin[name]
 
     def __contains__(self, name: object) -> bool:
-        ensure_builtins()
+        self.discover()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def discover(self) -> None:
+        """Import the built-in plugin modules of ``package`` and the installed entry points of ``group`` (once)."""
+        if self.loaded or self._loading:
+            return
+        self._loading = True
+        try:
+            if self.package:
+                pkg = _import(self.package, f"built-in plugin package {self.package!r}")
+                for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+                    if not info.name.startswith("_"):
+                        _import(f"{self.package}.{info.name}", f"built-in plugin {pkg.__path__[0]}/{info.name}.py")
+            for ep in metadata.entry_points(group=self.group) if self.group else ():
+                self.load_entry_point(ep)
+            self.loaded = True
+        finally:
+            self._loading = False
 
-def _caller_origin() -> str:
+    def load_entry_point(self, ep) -> None:
+        """Load one entry point: it names a plugin module, or an object ``adopt`` names (registered here if
+        its module did not register it)."""
+        what = f"plugin entry point {ep.name!r} = {ep.value!r} (group {self.group})"
+        try:
+            obj = ep.load()
+        except RegistryError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise RegistryError(f"{what} failed to load: {describe_exception(exc, skip=('importlib',))}") from exc
+        name = self.adopt(obj)
+        if name is not None:
+            if self._items.get(name) is not obj:
+                self.register(name, obj, origin=definition_site(obj))
+        elif not isinstance(obj, type(sys)):
+            raise RegistryError(f"{what} names {obj!r}; an entry point must name a plugin module, a Method "
+                                f"subclass (group bnnbench.methods) or an ArchSpec (group bnnbench.architectures)")
+
+
+def caller_origin() -> str:
+    """``file:line`` of the code that called into this module (where a registration came from)."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         if "registry.py" not in frame.filename:
             return f"{frame.filename}:{frame.lineno}"
     return "<unknown>"
 
 
-METHODS: Registry[Any] = Registry("method")
-ARCHITECTURES: Registry[Any] = Registry("architecture")
-
-_GROUPS = {"bnnbench.methods": METHODS, "bnnbench.architectures": ARCHITECTURES}
-_BUILTIN_PACKAGES = ("bnnbench.methods", "bnnbench.architectures")
-_state = {"loaded": False, "loading": False}
-_loaded_plugins: dict[str, str] = {}
-
-
-def ensure_builtins() -> None:
-    """Import every built-in plugin module and every installed entry point (once)."""
-    if _state["loaded"] or _state["loading"]:
-        return
-    _state["loading"] = True
+def definition_site(obj) -> str:
+    """``file:line`` where a class or function is defined (for messages that point at a plugin's code)."""
+    target = getattr(obj, "build", obj) if not isinstance(obj, type) and not callable(obj) else obj
     try:
-        for package in _BUILTIN_PACKAGES:
-            pkg = _import(package, f"built-in plugin package {package!r}")
-            for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-                if not info.name.startswith("_"):
-                    _import(f"{package}.{info.name}", f"built-in plugin {pkg.__path__[0]}/{info.name}.py")
-        for group in _GROUPS:
-            for ep in metadata.entry_points(group=group):
-                _load_entry_point(ep, group)
-        _state["loaded"] = True
-    finally:
-        _state["loading"] = False
-
-
-def _load_entry_point(ep, group: str) -> None:
-    """Load one entry point: it names a plugin module, or a Method subclass / ArchSpec (registered here
-    if its module did not register it)."""
-    from bnnbench.plugins.arch import ArchSpec, register_arch
-    from bnnbench.plugins.method import Method, register_method
-    what = f"plugin entry point {ep.name!r} = {ep.value!r} (group {group})"
-    try:
-        obj = ep.load()
-    except RegistryError:
-        raise
-    except (Exception, SystemExit) as exc:
-        raise RegistryError(f"{what} failed to load: {_describe(exc)}") from exc
-    registry = _GROUPS[group]
-    if isinstance(obj, type) and issubclass(obj, Method) and registry is METHODS:
-        if obj.name not in registry._items or registry._items[obj.name] is not obj:
-            register_method(obj)
-    elif isinstance(obj, ArchSpec) and registry is ARCHITECTURES:
-        if obj.name not in registry._items:
-            register_arch(obj)
-    elif not isinstance(obj, types.ModuleType):
-        raise RegistryError(f"{what} names {obj!r}; an entry point must name a plugin module, a Method "
-                            f"subclass (group bnnbench.methods) or an ArchSpec (group bnnbench.architectures)")
-
-
-def _describe(exc: BaseException) -> str:
-    """'Type: message (at file:line)' with the innermost frame outside the standard library."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    if isinstance(exc, SystemExit):
-        return f"it called sys.exit({exc.code!r}){where}"
-    return f"{type(exc).__name__}: {exc}{where}"
+        return f"{inspect.getsourcefile(target)}:{inspect.getsourcelines(target)[1]}"
+    except (OSError, TypeError):
+        return getattr(target, "__module__", "<unknown>")
 
 
 def _import(module: str, what: str):
@@ -152,8 +155,23 @@ def _import(module: str, what: str):
     except RegistryError:
         raise
     except (Exception, SystemExit) as exc:
-        raise RegistryError(f"{what} failed to import: {_describe(exc)}") from exc
+        raise RegistryError(f"{what} failed to import: {describe_exception(exc, skip=('importlib',))}") from exc
 
+
+_loaded_plugins: dict[str, str] = {}
+
+
+def ensure_builtins() -> None:
+    """Discover the built-in plugins and installed entry points of every registry (once each)."""
+    for registry in REGISTRIES:
+        registry.discover()
+
+
+def load_plugins(specs: Iterable[str]) -> list[str]:
+    """The built-ins, then each ``--plugin`` of ``specs`` (:func:`load_plugin`): the one loading loop of the
+    command line, the Slurm jobs and the tools."""
+    ensure_builtins()
+    return [load_plugin(spec) for spec in specs]
 
 def load_plugin(spec: str) -> str:
     """Load a third-party plugin from a ``.py`` file path or an importable module name.
@@ -187,7 +205,8 @@ def load_plugin(spec: str) -> str:
             raise RegistryError(f"plugin file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
         except (Exception, SystemExit) as exc:
             del sys.modules[mod_name]
-            raise RegistryError(f"plugin file {path} failed to import: {_describe(exc)}") from exc
+            raise RegistryError(f"plugin file {path} failed to import: "
+                                f"{describe_exception(exc, skip=('importlib',))}") from exc
         _loaded_plugins[key] = mod_name
         return mod_name
     if spec in _loaded_plugins:
@@ -202,7 +221,6 @@ def provenance(obj: Any) -> dict[str, str] | None:
 
     Part of every run's identity, so editing a plugin makes new runs instead of reusing stale results.
     """
-    import hashlib
     owner = obj if isinstance(obj, type) else getattr(obj, "build", obj)  # a Method class, or an ArchSpec's build
     module_name = getattr(owner, "__module__", "") or ""
     if module_name.split(".")[:2] in (["bnnbench", "methods"], ["bnnbench", "architectures"]):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bnnbench.store import RESULT, RunDir, load_torch
+from bnnbench.store import FLIPS, INIT_WEIGHTS, RESULT, RunDir, load_torch
 
 
 def _plt():
@@ -94,7 +94,7 @@ def plot_curves(runs: list, out: Path) -> dict[Path, int]:
 def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: int = 80) -> Path | None:
     """Initial-weight histogram with the never-flipped weights overlaid (one layer and all layers)."""
     rd = RunDir(run_dir)
-    init_p, flips_p = rd.file("init_weights.pt"), rd.file("flips.pt")
+    init_p, flips_p = rd.file(INIT_WEIGHTS), rd.file(FLIPS)
     if not (init_p.exists() and flips_p.exists()):
         return None
     init, never = _load(init_p), _load(flips_p)

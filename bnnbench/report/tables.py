@@ -25,7 +25,7 @@ from bnnbench.config.spec import RunResult, variant_label
 from bnnbench.errors import RunError
 from bnnbench.references import find_reference
 from bnnbench.report.stats import compare, holm, mean_interval, ranks
-from bnnbench.store import CONFIG, RESULT, RunDir, atomic_write_text, read_json, verify_result
+from bnnbench.store import CONFIG, DEPLOY, RESULT, RunDir, atomic_write_text, read_json, verify_result
 
 COLUMNS = ["method", "top1 final", "rank", "top1 best", "rank best", "top5", "paper", "gap", "silent %", "flip %",
            "binary params %",
@@ -38,7 +38,7 @@ class StoredRun:
 
     result: RunResult
     path: Path
-    deploy: dict | None = None  # deploy.json: the exported 1-bit model's measured latency (bnnbench/tools/deploy_bench.py)
+    deploy: dict | None = None  # deploy.json: the 1-bit model's measured latency (bnnbench/deploy/measure.py)
 
     @property
     def name(self) -> str:
@@ -65,8 +65,7 @@ def load_run(d: Path) -> StoredRun:
 
 def read_deploy(d: Path) -> dict | None:
     """The run's ``deploy.json``, None when the run has none; an unreadable one reads as 'unavailable'."""
-    from bnnbench.tools.deploy_bench import DEPLOY_FILE
-    path = d / DEPLOY_FILE
+    path = d / DEPLOY
     if not path.exists():
         return None
     try:

@@ -31,7 +31,7 @@ class RunJob:
 
         from bnnbench.engine import distributed as ddp
         from bnnbench.engine.run import PREEMPTION, Preempted, resolve_device, run_or_fail
-        from bnnbench.plugins.registry import load_plugin
+        from bnnbench.plugins import load_plugin
         from bnnbench.store import RunDir
         for spec in self.plugins:
             load_plugin(spec)
@@ -71,7 +71,7 @@ class RunJob:
 def dependency_levels(todo: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
     """``todo`` in levels: level 0 depends on no pending run, level k + 1 on runs of level <= k (a run
     whose dependency is already done, or not in this sweep, starts at once and checks it itself)."""
-    from bnnbench.runner.stages import dependencies
+    from bnnbench.config.spec import dependencies
     pending = {cfg.name: cfg for cfg, _ in todo}
     depth: dict[str, int] = {}
 

@@ -28,55 +28,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from bnnbench.config.settings import check_train
+from bnnbench.config.spec import reference
 from bnnbench.errors import ConfigError
-
-
-def parse_stages(doc: Any, where: str) -> list[dict]:
-    """Validate a recipe's ``stages`` list: [{name, train (changes), init (an earlier stage or absent)}]."""
-    from bnnbench.config.recipes import _SAFE_NAME, check_train
-    if doc is None:
-        return []
-    if not isinstance(doc, list) or not doc:
-        raise ConfigError(f"{where}: stages must be a non-empty list of {{name, train, init}} mappings")
-    out, names = [], []
-    for i, st in enumerate(doc):
-        at = f"{where}, stages[{i}]"
-        if not isinstance(st, dict) or set(st) - {"name", "train", "init"} or "name" not in st:
-            raise ConfigError(f"{at}: expected a mapping with 'name', optional 'train' and 'init', got {st!r}")
-        name = st["name"]
-        if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in names or name == "teacher":
-            raise ConfigError(f"{at}: name = {name!r} must be a new name of letters, digits, '-', '_', '.' "
-                              f"(not 'teacher')")
-        init = st.get("init")
-        if init is not None and init not in names:
-            raise ConfigError(f"{at}: init = {init!r} must name an earlier stage ({', '.join(names) or 'none'})")
-        out.append({"name": name, "train": check_train(st.get("train") or {}, f"{at}, train", partial=True),
-                    "init": init})
-        names.append(name)
-    return out
-
-
-def parse_teacher(doc: Any, where: str) -> dict | None:
-    """Validate a recipe's ``teacher``: {train: changes} (a full-precision run) or {torchvision: model}."""
-    from bnnbench.config.recipes import check_train
-    if doc is None:
-        return None
-    if not isinstance(doc, dict) or not (set(doc) <= {"train", "method"} or set(doc) == {"torchvision"}):
-        raise ConfigError(f"{where}: teacher must be {{train: {{...}}, method: M}} (a full-precision run of this "
-                          f"recipe) or {{torchvision: MODEL}}, got {doc!r}")
-    if "torchvision" in doc:
-        if not isinstance(doc["torchvision"], str):
-            raise ConfigError(f"{where}: teacher.torchvision must be a model name such as resnet34")
-        return {"torchvision": doc["torchvision"]}
-    method = doc.get("method")
-    if method is not None:
-        from bnnbench.plugins.registry import METHODS
-        METHODS.get(method, source=f"{where}, teacher.method")
-    return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True), "method": method}
-
+from bnnbench.plugins import METHODS
 
 TEACHER_FORCED = {"binarize": "none", "distill_weight": 0.0}   # a teacher is a full-precision run
 
@@ -95,7 +52,6 @@ def split_scoped(sets: list[tuple[str, Any]], stages: list[dict], teacher: dict 
         scope = max(matches, key=len) if matches else key.split(".", 1)[0]
         name = key[len(scope) + 1:]
         if not matches:
-            from bnnbench.plugins.registry import METHODS
             hint = f"; for a method hyperparameter use --hp {key}={value}" if scope in METHODS.names() else ""
             raise ConfigError(f"--set {key}={value}: {scope!r} is not a stage or teacher of {where} "
                               f"(scopes: {', '.join(scopes) or 'none, the recipe has no stages or teacher run'})"
@@ -118,7 +74,6 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
     and ``scoped`` the command line's per scope (``--set teacher.epochs=16``), which win over both; they are
     listed among that run's changes (``epochs``) and, prefixed, among the changes of the runs that depend on
     it (``teacher.epochs``), so their rows' labels tell them apart."""
-    from bnnbench.config.recipes import check_train
     overrides, scoped = overrides or {}, scoped or {}
 
     def settings(extra: dict, scope: str, force: dict | None = None) -> dict:
@@ -156,39 +111,3 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
 def _prefixed(scope: str, scoped: dict[str, dict]) -> dict:
     """A scope's command-line changes as a dependent run lists them: ``{"teacher.epochs": 16}``."""
     return {f"{scope}.{k}": v for k, v in scoped.get(scope, {}).items()}
-
-
-def reference(spec) -> dict:
-    """How a dependent run names ``spec``: its hash (identity), directory and group. The group stands for the
-    dependency in the dependent run's own group, so a stage's seeds form one leaderboard row."""
-    return {"run": spec.hash, "name": spec.name, "group": spec.group}
-
-
-def dependencies(spec) -> list[dict]:
-    """The runs ``spec`` needs finished first: [{"run": hash, "name": dir name}, ...]."""
-    return [d for d in (dict(spec.init_from), dict(spec.teacher)) if d.get("run") and d.get("name")]
-
-
-def dependency_dir(runs_dir: Path, ref: dict) -> Path:
-    """``runs_dir / name`` of the dependency ``ref``; RunError when the name (read from a config.yaml) is not
-    one plain directory name, so that it cannot point outside ``runs_dir``."""
-    from bnnbench.errors import RunError
-    name = ref.get("name")
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\0" in name:
-        raise RunError(f"dependency name {name!r} is not a run directory name (one path component, as the run "
-                       f"directories under {runs_dir} are)")
-    return Path(runs_dir) / name
-
-
-def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
-    """The directory of the finished run ``ref`` = ``{"run": hash, "name": dir name}``; raises naming why
-    not (a dependent run is reported as failed, not started)."""
-    from bnnbench.errors import RunError
-    from bnnbench.store import RunDir
-    d = RunDir(dependency_dir(runs_dir, ref))
-    res = d.read_result()
-    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
-        state = "missing" if res is None else res.get("status")
-        raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
-                       f"the same sweep, see that run's result.json")
-    return d.path

@@ -33,9 +33,9 @@ from bnnbench.engine.flips import FlipTracker
 from bnnbench.engine.host import keep_freed_memory
 from bnnbench.engine.run import resolve_device, train_step
 from bnnbench.nn.layers import BinaryConv2d
+from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model
 from bnnbench.plugins.method import Method
-from bnnbench.plugins.registry import ARCHITECTURES, METHODS
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -160,7 +160,7 @@ def main(argv: list[str], console) -> int:
 
 def run(args, console) -> int:
     """Measure and print the figures (see the module docstring); ``args`` from :func:`add_arguments`."""
-    from bnnbench.plugins.registry import load_plugin
+    from bnnbench.plugins import load_plugin
     for plugin in args.plugin:
         load_plugin(plugin)
     if args.threads:

@@ -13,117 +13,27 @@ the same thread count for every case (``--threads``, default torch's):
 Timing is round-robin (``bnnbench/deploy/timing.py``): one call of each case per round, ratios paired within a
 round (median and quartiles). Models are the method's backbone at its initialisation (speed does not
 depend on the weights' values). Every finished training run measures its own exported model the same way
-at batch 1 (:func:`record_run`, ``deploy.json`` in the run directory); the leaderboard's "1-bit latency"
-and "speed-up vs FP32" columns read that file, ``report`` never times anything itself.
+at batch 1 (:func:`bnnbench.deploy.measure.record_run`, ``deploy.json`` in the run directory); the
+leaderboard's "1-bit latency" and "speed-up vs FP32" columns read that file, ``report`` never times anything itself.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import platform
-import statistics
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnnbench.deploy import kernels
-from bnnbench.deploy import packed as deploy
-from bnnbench.deploy.timing import paired_ratio, round_robin
-from bnnbench.nn.layers import binary_layers
+from bnnbench.deploy.measure import machine, measure, record_run
+from bnnbench.engine.run import trained_model
+from bnnbench.errors import ConfigError
+from bnnbench.nn import binary_layers
+from bnnbench.plugins import ARCHITECTURES, METHODS, build_model
 
-DEPLOY_FILE = "deploy.json"
 #: targets on a 2-core AVX-512 CPU at batch 1, 2 threads (speed-up over torch FP32)
 TARGETS = {"layer": ("resnet18", 15.0), "end_to_end": {"resnet18": 5.0, "cresnet20": 3.0}}
-
-
-def machine() -> dict:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "isa": kernels.best_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-def _summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
-
-
-def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> list[dict]:
-    """Each binary conv: packed (pack + popcount conv + scale) vs FP32 conv2d, on the layer's real input."""
-    _, inputs = deploy.binary_inputs(model, x)
-    packed_layers = dict(packed.named_modules())
-    rows = []
-    for name, layer in binary_layers(model):
-        if name not in inputs:
-            continue
-        xin = inputs[name].float().contiguous(memory_format=torch.channels_last)
-        weight = layer.weight.detach().float().contiguous(memory_format=torch.channels_last)
-        p = packed_layers[name]
-        with torch.no_grad():
-            times = round_robin({
-                "packed": lambda p=p, xin=xin: p(xin),
-                "fp32": lambda layer=layer, xin=xin, weight=weight: F.conv2d(
-                    xin, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)},
-                rounds, warmup)
-        ratio = paired_ratio(times["fp32"], times["packed"])
-        rows.append({"layer": name, "input": list(xin.shape), "out_channels": layer.out_channels,
-                     "kernel": list(layer.kernel_size), "stride": p.stride,
-                     "packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
-                     "speedup": ratio["median"], "speedup_q1": ratio["q1"], "speedup_q3": ratio["q3"]})
-    return rows
-
-
-def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> dict:
-    """Packed model vs the FP32 network of the same topology vs the simulated binary model."""
-    fp32 = deploy.float_model(model)
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        times = round_robin({"packed": lambda: packed(x), "fp32": lambda: fp32(x), "simulated": lambda: model(x)},
-                            rounds, warmup)
-    vs_fp = paired_ratio(times["fp32"], times["packed"])
-    vs_sim = paired_ratio(times["simulated"], times["packed"])
-    return {"packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
-            "simulated": _summary(times["simulated"]), "speedup_vs_fp32": vs_fp["median"],
-            "speedup_vs_fp32_q1": vs_fp["q1"], "speedup_vs_fp32_q3": vs_fp["q3"],
-            "speedup_vs_simulated": vs_sim["median"]}
-
-
-def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
-            timing_batch: int | None = None) -> dict:
-    """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
-    ``model`` (eval, CPU, channels_last) exported to the packed form; per-layer timings when ``layers``."""
-    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-    packed = deploy.packed_model(model)
-    x = x.cpu().float()
-    timed = x[:timing_batch] if timing_batch else x
-    out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(),
-           "exact": deploy.check_exact(model, packed, x).to_dict(),
-           "end_to_end": bench_end_to_end(model, packed, timed, rounds, warmup)}
-    if layers:
-        out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
-    return out
-
-
-def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20) -> dict:
-    """Measure a trained run's exported model (exactness on the images ``sample()`` returns, latency at
-    batch 1) and write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not
-    1-bit, no test batch) the file says why and the run stays done."""
-    from bnnbench.store import atomic_write_text
-    try:
-        doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1)}
-    except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
-        doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-    atomic_write_text(run_dir / DEPLOY_FILE, json.dumps(doc, indent=1))
-    return doc
 
 
 def targets(cases: list[dict]) -> list[dict]:
@@ -162,8 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _model(method: str, arch: str, batch: int) -> tuple[nn.Module, torch.Tensor]:
     """The backbone at its initialisation (exact zeros nudged: sign 0 is not a 1-bit weight), BN statistics
     from one random batch, and a random batch of its input shape."""
-    from bnnbench.plugins.arch import build_model
-    from bnnbench.plugins.registry import ARCHITECTURES, METHODS
     spec = ARCHITECTURES.get(arch, source="--arch")
     torch.manual_seed(0)
     model = build_model(METHODS.get(method, source="--method")(family=spec.family), arch, 10)
@@ -177,7 +85,6 @@ def _model(method: str, arch: str, batch: int) -> tuple[nn.Module, torch.Tensor]
 
 def run(args, console) -> int:
     """Measure, print and (``--json``) write; see the module docstring."""
-    from bnnbench.errors import ConfigError
     reason = kernels.unavailable_reason()
     if reason:
         raise ConfigError(f"deploy-bench: {reason}")
@@ -191,7 +98,6 @@ def run(args, console) -> int:
 
 
 def _run(args, console) -> int:
-    from bnnbench.errors import ConfigError
     if args.rounds < 1 or args.warmup < 0 or min(args.batch) < 1:
         raise ConfigError(f"deploy-bench: --rounds {args.rounds} must be >= 1, --warmup {args.warmup} >= 0, "
                           f"--batch {args.batch} >= 1")
@@ -217,8 +123,6 @@ def _run(args, console) -> int:
 
 def _run_stored(args, console) -> int:
     """deploy-bench --run: each run's exported model at batch 1, written to its deploy.json."""
-    from bnnbench.engine.run import trained_model
-    from bnnbench.errors import ConfigError
     if args.data_root is None:
         raise ConfigError("deploy-bench --run needs --data-root (the test images the exactness check uses)")
     ok = True

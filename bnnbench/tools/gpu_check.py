@@ -1,4 +1,5 @@
-"""One command that exercises every CUDA path of the suite: ``scripts/gpu_check.sh`` (``python -m bnnbench.tools.gpu_check``).
+"""One command that exercises every CUDA path of the suite: ``scripts/gpu_check.sh``
+(``python -m bnnbench.tools.gpu_check``).
 
 Each check prints one line, ``PASS``/``FAIL``/``SKIP``, its name and its figure; all of them go to a JSON
 file (default ``results/gpu/gpu_check.json`` on CUDA). The checks:
@@ -75,8 +76,8 @@ def _grads_finite(net: nn.Module) -> bool:
 
 
 def _model(method_name: str, arch_name: str, device: torch.device, num_classes: int = 10):
+    from bnnbench.plugins import ARCHITECTURES, METHODS
     from bnnbench.plugins.arch import build_model
-    from bnnbench.plugins.registry import ARCHITECTURES, METHODS
     arch = ARCHITECTURES.get(arch_name)
     method = METHODS.get(method_name)(family=arch.family)
     net = build_model(method, arch, num_classes).to(device, memory_format=torch.channels_last)
@@ -94,7 +95,7 @@ def _batch(arch, n: int, device: torch.device, side: int | None = None, num_clas
 
 def amp_steps(ctx: Context) -> Check:
     from bnnbench.engine.run import train_step
-    from bnnbench.plugins.registry import ARCHITECTURES, METHODS
+    from bnnbench.plugins import ARCHITECTURES, METHODS
     dtypes = [torch.bfloat16] if not ctx.cuda else [torch.float16, torch.bfloat16]
     bad, total = [], 0
     for m in METHODS.names():
@@ -187,7 +188,7 @@ def sync_free_steps(ctx: Context) -> Check:
         return Check("sync_free_steps", "SKIP", "needs CUDA (set_sync_debug_mode); on CPU the test suite checks "
                      "the loader's per-batch transfers on the meta device")
     from bnnbench.engine.run import PreemptionGuard, on_device
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     from bnnbench.tools.transfers import TransferCounter
     per_method = {}
     for m in METHODS.names():
@@ -266,7 +267,7 @@ def compile_method(method_name: str, device: torch.device, backend: str, epochs:
 
 
 def compile_check(ctx: Context) -> Check:
-    from bnnbench.plugins.registry import METHODS
+    from bnnbench.plugins import METHODS
     backend = "inductor" if ctx.cuda else "eager"
     per, errors = {}, {}
     for m in METHODS.names():

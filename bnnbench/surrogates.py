@@ -1,0 +1,8 @@
+"""Deprecated path: ``bnnbench.surrogates`` is now ``bnnbench.nn`` (README, Plugin API);
+this module re-exports it and warns once."""
+import warnings
+
+from bnnbench.nn import *  # noqa: F401,F403
+from bnnbench.nn import __all__  # noqa: F401
+
+warnings.warn("bnnbench.surrogates is deprecated; import from bnnbench.nn instead", DeprecationWarning, stacklevel=2)
