@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from rich.markup import escape
 
 
 class BnnBenchError(Exception):
@@ -61,3 +63,9 @@ def describe_exception(exc: BaseException, skip: tuple[str, ...] = (), subject: 
                 f"(keep schedules in buffers, set with tensor.fill_; see README, Plugin API), or rerun with "
                 f"compile: false")
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def warn_to(console) -> Callable[[str], None]:
+    """A ``warn(message)`` that prints a yellow "warning:" line on a rich ``console`` (markup in the message
+    is shown as text): what the runner, the report and the commands pass down for recoverable problems."""
+    return lambda msg: console.print(f"[yellow]warning:[/yellow] {escape(str(msg))}", soft_wrap=True)

@@ -13,7 +13,7 @@ from conftest import ROOT, make_recipe
 
 from bnnbench.cli.main import build_parser, plan
 from bnnbench.engine.progress import Progress
-from bnnbench.engine.run import train_run
+from bnnbench.engine import train_run
 from bnnbench.store import RunDir
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,8 @@ import pytest
 import torch
 from conftest import SHARED
 
-from bnnbench.data.catalog import TensorLoader, crop_flip, draw_augment, load_tensor_dataset, subset
+from bnnbench.data.catalog import load_tensor_dataset, subset
+from bnnbench.data.loaders import TensorLoader, crop_flip, draw_augment
 from bnnbench.errors import DataError
 
 
@@ -115,7 +116,7 @@ def test_shared_cifar_copy_loads():
 def test_imagenet_folder_loaders(tmp_path):
     from PIL import Image
 
-    from bnnbench.data.catalog import imagenet_loaders
+    from bnnbench.data.loaders import imagenet_loaders
     g = torch.Generator().manual_seed(0)
     for split in ("train", "val"):
         for c in ("b_class", "a_class"):

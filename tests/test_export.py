@@ -38,7 +38,7 @@ def test_evaluate_reproduces_the_recorded_final_epoch(finished, capsys):
 def test_export_rebuilds_the_trained_model_bit_for_bit_at_its_packed_size(finished, capsys):
     from bnnbench.cli.models import evaluate
     from bnnbench.deploy.export import SignConv2d, load_exported
-    from bnnbench.engine.run import trained_model
+    from bnnbench.engine import trained_model
     from bnnbench.nn.layers import binary_layers
     runs, data, tmp = finished
     for d in runs:

@@ -47,7 +47,8 @@ def test_without_cuda_every_check_is_skipped_and_the_script_exits_0():
 def test_recompiling_past_the_limit_raises_instead_of_running_eagerly():
     import torch._dynamo
 
-    from bnnbench.engine.run import compiled, describe_exception
+    from bnnbench.engine import compiled
+    from bnnbench.errors import describe_exception
 
     class FloatSchedule(nn.Module):
         def __init__(self):
@@ -93,7 +94,7 @@ def test_numerics_configure_records_the_flags_and_restores_the_fast_mode():
 
 
 def test_compile_drops_the_last_incomplete_training_batch():
-    from bnnbench.engine.run import make_loaders
+    from bnnbench.engine import make_loaders
     plain, comp = _plan(), _plan("--set", "compile=true")
     a, _, _ = make_loaders(plain, torch.device("cpu"), ROOT / "data")
     b, test, _ = make_loaders(comp, torch.device("cpu"), ROOT / "data")

@@ -10,7 +10,7 @@ from conftest import ROOT, make_recipe
 from bnnbench.cli.main import build_parser, main, plan
 from bnnbench.config.recipes import load_recipe
 from bnnbench.config.spec import RunSpec
-from bnnbench.engine.run import train_run
+from bnnbench.engine import train_run
 from bnnbench.errors import ConfigError, RunError
 from bnnbench.report.tables import build_tables, collect, print_console
 from bnnbench.store import RunDir

@@ -8,7 +8,7 @@ from bnnbench.methods.ovsw import ags_, sad_
 from bnnbench.methods.recu import tau_schedule
 from torch import nn
 
-from bnnbench.engine.run import train_step
+from bnnbench.engine import train_step
 from bnnbench.errors import ConfigError
 from bnnbench.plugins import METHODS
 

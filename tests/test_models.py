@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bnnbench.engine.run import train_step
+from bnnbench.engine import train_step
 from bnnbench.nn.layers import binary_layers
 from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model

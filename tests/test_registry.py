@@ -5,7 +5,7 @@ import textwrap
 import pytest
 import torch
 
-from bnnbench.engine.run import train_step
+from bnnbench.engine import train_step
 from bnnbench.errors import RegistryError
 from bnnbench.plugins import ARCHITECTURES, METHODS, Registry, load_plugin
 from bnnbench.plugins.arch import build_model

@@ -7,7 +7,7 @@ import torch
 from conftest import make_cifar, make_recipe
 
 from bnnbench.cli.main import build_parser, main, plan
-from bnnbench.engine.run import train_run
+from bnnbench.engine import train_run
 from bnnbench.report.plots import plot_all, plot_curves, plot_silent_hist
 from bnnbench.report.tables import StoredRun, build_tables, collect, render
 from bnnbench.store import RunDir

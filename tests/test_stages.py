@@ -157,7 +157,7 @@ def test_soft_cross_entropy_and_the_mixed_loss():
 
 
 def test_a_stage_whose_dependency_is_not_done_fails_without_training(tmp_path):
-    from bnnbench.engine.run import run_or_fail
+    from bnnbench.engine import run_or_fail
     s2 = specs(*TINY)[2]
     rd = RunDir(tmp_path / "runs" / s2.name)
     rd.path.mkdir(parents=True)

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, TALLY, make_recipe
 
 from bnnbench.cli.main import build_parser, main, plan
-from bnnbench.engine.run import run_or_fail, train_run
+from bnnbench.engine import run_or_fail, train_run
 from bnnbench.errors import RunError
 from bnnbench.report.tables import collect
 from bnnbench.store import RunDir, atomic_write_text

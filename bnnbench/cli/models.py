@@ -1,4 +1,4 @@
-"""Checkpoint workflows: ``run_bench.py evaluate`` and ``run_bench.py export``.
+"""Checkpoint workflows: ``run_bench.py evaluate`` and ``run_bench.py export`` (flags in ``bnnbench/cli/main.py``).
 
 * ``evaluate RUN_DIR_OR_EXPORT [--data-root D] [--device cpu]``: test loss, top-1 and top-5 of a finished
   run's final weights (``checkpoint.pt``) or of a 1-bit export (``bnnbench/deploy/export.py``), next to what the
@@ -9,54 +9,27 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
+from bnnbench.deploy import export
+from bnnbench.engine import evaluate as run_eval
+from bnnbench.engine import make_loaders, resolve_device, trained_model
 from bnnbench.errors import ConfigError
+from bnnbench.nn.ops import count_ops
 from bnnbench.paths import default_data_root
-
-
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("path", type=Path, metavar="RUN_DIR_OR_EXPORT",
-                   help="a finished run's directory, or a file written by 'run_bench.py export'")
-    _common(p)
-    return p
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("path", type=Path, metavar="RUN_DIR", help="a finished run's directory")
-    p.add_argument("--out", type=Path, required=True, help="the export file to write (e.g. model.1bit.pt)")
-    _common(p)
-    return p
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
-                   help="load the third-party plugin the run used first (repeatable)")
-
-
-def _load_plugins(args) -> None:
-    from bnnbench.plugins import ensure_builtins, load_plugin
-    ensure_builtins()
-    for spec in args.plugin:
-        load_plugin(spec)
+from bnnbench.plugins import ARCHITECTURES
+from bnnbench.store import RunDir
 
 
 def _recorded(run_dir: Path) -> dict:
-    from bnnbench.store import RunDir
     rows = [r for r in RunDir(run_dir).read_metrics() if r.get("test_top1") is not None]
     return {k: rows[-1][k] for k in ("epoch", "test_loss", "test_top1", "test_top5")} if rows else {}
 
 
 def evaluate(path: Path, data_root: Path, device: torch.device) -> tuple[dict, dict, object]:
     """(figures now, figures the run recorded for its final epoch, spec) of a run directory or an export."""
-    from bnnbench.deploy import export
-    from bnnbench.engine.run import evaluate as run_eval
-    from bnnbench.engine.run import make_loaders, trained_model
     if path.is_dir():
         spec, model, test = trained_model(path, data_root, device)
         recorded = _recorded(path)
@@ -72,8 +45,6 @@ def evaluate(path: Path, data_root: Path, device: torch.device) -> tuple[dict, d
 
 
 def cmd_evaluate(args, console) -> int:
-    from bnnbench.engine.run import resolve_device
-    _load_plugins(args)
     now, recorded, spec = evaluate(args.path, args.data_root or default_data_root(), resolve_device(args.device))
     console.print(f"{args.path}: {spec.method} on {spec.backbone} ({spec.dataset}), seed {spec.seed}")
     console.print(f"  test top-1 {now['test_top1']:.2f}  top-5 {now['test_top5']:.2f}  loss {now['test_loss']:.4f}")
@@ -87,12 +58,6 @@ def cmd_evaluate(args, console) -> int:
 
 
 def cmd_export(args, console) -> int:
-    from bnnbench.deploy import export
-    from bnnbench.engine.run import trained_model
-    from bnnbench.nn.ops import count_ops
-    from bnnbench.plugins import ARCHITECTURES
-    from bnnbench.store import RunDir
-    _load_plugins(args)
     if not args.path.is_dir():
         raise ConfigError(f"export {args.path}: not a run directory")
     spec, model, test = trained_model(args.path, args.data_root or default_data_root(), torch.device("cpu"))

@@ -1,11 +1,12 @@
 """What a run is and what it produced: typed, frozen, shared by the CLI, trainer, store, reports and plots.
 
-* :class:`TrainSettings` is generated from the recipe's field table (:data:`bnnbench.config.recipes.TRAIN_FIELDS`),
+* :class:`TrainSettings` is generated from the recipe's field table (:data:`bnnbench.config.settings.TRAIN_FIELDS`),
   one attribute per training setting.
 * :class:`RunSpec` is one run: recipe, track, dataset, backbone, method with its resolved
   hyperparameters, the settings, the seed, what differs from the recipe (``changes``) and, for third-party
   plugins, where their code came from and a hash of it.
-* :class:`RunResult` is what ``result.json`` holds.
+* :class:`RunResult` is what ``result.json`` holds: the spec's part, a :class:`Summary` (what the run
+  measured) and an :class:`Environment` (where it ran), assembled by :meth:`RunResult.assemble`.
 
 Identity: :attr:`RunSpec.hash` covers exactly the fields in :meth:`RunSpec.identity` (everything that
 changes the numbers; not the device, paths, download permission, data-loader workers or evaluation batch
@@ -38,7 +39,7 @@ TrainSettings = dataclasses.make_dataclass(
     [(key, Any, field(default_factory=functools.partial(copy.deepcopy, default)))
      for key, (_, default, _, _) in TRAIN_FIELDS.items() if key != "method_hparams"],
     frozen=True,
-    namespace={"__doc__": "The training settings of one run (one attribute per key of recipes.TRAIN_FIELDS).",
+    namespace={"__doc__": "The training settings of one run (one attribute per key of settings.TRAIN_FIELDS).",
                "as_dict": lambda self: dataclasses.asdict(self),
                "replace": lambda self, **kw: dataclasses.replace(self, **kw)},
 )
@@ -189,6 +190,53 @@ def _from_schema1(d: Mapping[str, Any]) -> dict:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """What a run measured: the result's own numbers (final and best epoch, flips, time, memory, ops)."""
+
+    epochs_run: int = 0
+    final_top1: float | None = None
+    final_top5: float | None = None
+    final_test_loss: float | None = None
+    best_top1: float | None = None
+    best_top5_at_best: float | None = None
+    best_epoch: int | None = None
+    silent: float | None = None
+    flip_any: float | None = None
+    flip_net: float | None = None
+    net_change: float | None = None
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    images_per_s: float | None = None
+    peak_memory_bytes: int = 0
+    peak_memory_scope: str = ""      # "run" (reset when the run started) or "process" (lifetime maximum)
+    ops: Mapping[str, Any] = field(default_factory=dict)
+    metrics_sha256: str | None = None  # of metrics.jsonl as the run left it (plots read that file)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where and with what a run executed (not part of its identity)."""
+
+    numerics: Mapping[str, Any] = field(default_factory=dict)  # bnnbench/engine/numerics.py: TF32, cuDNN, AMP, ...
+    device: str = ""
+    torch: str = ""
+    bnnbench: str = ""
+    git_commit: str | None = None
+    processes: int = 1
+    keep_freed_memory: bool = False
+    command: str = ""  # the command line of the process that finished the run
+
+
+def spec_fields(spec: RunSpec) -> dict[str, Any]:
+    """The part of a result that comes from its spec (what the run was)."""
+    return dict(spec_hash=spec.hash, group=spec.group, label=spec.label, recipe=spec.recipe, track=spec.track,
+                dataset=spec.dataset, backbone=spec.backbone, method=spec.method,
+                method_hparams=dict(spec.method_hparams), changes=dict(spec.changes), seed=spec.seed,
+                epochs=spec.settings.epochs, epochs_overridden=spec.epochs_overridden, full_data=spec.full_data,
+                plugins=dict(spec.plugins), stage=spec.stage)
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The outcome of one run, as written to ``result.json`` (plus ``checksum``)."""
 
@@ -241,14 +289,18 @@ class RunResult:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}
 
     @classmethod
-    def failed(cls, spec: RunSpec, reason: str, **kw: Any) -> RunResult:
+    def assemble(cls, spec: RunSpec, status: str, reason: str | None, summary: Summary | None = None,
+                 environment: Environment | None = None) -> RunResult:
+        """The result of ``spec``: what it was (its spec), what it measured, where it ran. ``result.json``
+        keeps these parts flat (its layout is unchanged)."""
+        return cls(status=status, reason=reason, **spec_fields(spec),
+                   **dataclasses.asdict(summary or Summary()), **dataclasses.asdict(environment or Environment()))
+
+    @classmethod
+    def failed(cls, spec: RunSpec, reason: str, summary: Summary | None = None,
+               environment: Environment | None = None) -> RunResult:
         """The result of a run that raised before it could produce one of its own."""
-        return cls(status="failed", reason=reason, spec_hash=spec.hash, group=spec.group, label=spec.label,
-                   recipe=spec.recipe, track=spec.track, dataset=spec.dataset, backbone=spec.backbone,
-                   method=spec.method, method_hparams=dict(spec.method_hparams), changes=dict(spec.changes),
-                   seed=spec.seed, epochs=spec.settings.epochs, epochs_run=0,
-                   epochs_overridden=spec.epochs_overridden, full_data=spec.full_data, plugins=dict(spec.plugins),
-                   stage=spec.stage, **kw)
+        return cls.assemble(spec, "failed", reason, summary, environment)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], spec: RunSpec) -> RunResult:

@@ -74,7 +74,7 @@ def build_pipeline(files: list[str], labels: list[int], batch_size: int, *, trai
 
 
 class DaliLoader:
-    """A :class:`~bnnbench.data.catalog.BatchLoader` over DALI pipelines: one per epoch (or resumed epoch)."""
+    """A :class:`~bnnbench.data.loaders.BatchLoader` over DALI pipelines: one per epoch (or resumed epoch)."""
 
     def __init__(self, root: Path, batch_size: int, *, train: bool, seed: int, device: torch.device,
                  workers: int = 4, shard: tuple[int, int] = (0, 1), size: int = 224):

@@ -25,9 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnnbench.deploy.packed import _replace
-from bnnbench.errors import RunError
+from bnnbench.config.spec import RunSpec
+from bnnbench.deploy.packed import replace_layers
+from bnnbench.engine import run_model
+from bnnbench.errors import ConfigError, RunError
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.store import atomic_torch_save, load_torch
 
 FORMAT = "bnnbench-1bit"
 VERSION = 1
@@ -64,7 +67,6 @@ def unpack_bits(bits: Tensor, shape: list[int]) -> Tensor:
 def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
     """The export document of a trained ``model`` (see the module docstring)."""
     binary, skip = {}, set()
-    from bnnbench.errors import ConfigError
     for name, layer in binary_layers(model):
         try:
             form = layer.inference_form()
@@ -120,7 +122,6 @@ def _unpack_store(doc: dict) -> dict:
 
 def save(doc: dict, path: Path) -> int:
     """Write the export atomically; returns its size in bytes."""
-    from bnnbench.store import atomic_torch_save
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(_pack_store(doc), path)
     return path.stat().st_size
@@ -128,7 +129,6 @@ def save(doc: dict, path: Path) -> int:
 
 def read(path: Path) -> dict:
     """The export document of ``path`` (tensors restored from the flat store)."""
-    from bnnbench.store import load_torch
     doc = load_torch(Path(path))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); make one with "
@@ -143,8 +143,6 @@ def recorded(path: Path) -> dict:
 
 def load_exported(path: Path) -> tuple[object, nn.Module]:
     """(RunSpec, the rebuilt model in eval mode) from an export file."""
-    from bnnbench.config.spec import RunSpec
-    from bnnbench.engine.run import run_model
     doc = read(path)
     if doc.get("version") != VERSION:
         raise RunError(f"{path}: export version {doc.get('version')!r} is not supported (this bnnbench reads "
@@ -159,7 +157,7 @@ def load_exported(path: Path) -> tuple[object, nn.Module]:
     def rebuild(layer: BinaryConv2d, name: str) -> SignConv2d:
         e = doc["binary"][name]
         return SignConv2d(layer, unpack_bits(e["bits"], e["shape"]), e["scale"], e["bias"])
-    model = _replace(model, rebuild)
+    model = replace_layers(model, rebuild)
     missing, unexpected = model.load_state_dict(doc["state"], strict=False)
     missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in names)]
     if missing or unexpected:

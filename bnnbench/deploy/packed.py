@@ -72,7 +72,7 @@ class PackedBinaryConv2d(nn.Module):
                 f"padding={self.padding}, packed={self.packed_shape}")
 
 
-def _replace(model: nn.Module, make) -> nn.Module:
+def replace_layers(model: nn.Module, make) -> nn.Module:
     """A deep copy of ``model`` (eval mode, channels_last) with every binary conv replaced by ``make(layer, name)``."""
     out = copy.deepcopy(model).eval()
     for name, layer in binary_layers(out):
@@ -85,7 +85,7 @@ def _replace(model: nn.Module, make) -> nn.Module:
 def packed_model(model: nn.Module, isa: str | None = None) -> nn.Module:
     """The model with every binary conv run by the XNOR-popcount kernel (``isa``: None for the CPU's best)."""
     kernels.ext()  # a missing build is one clear error here, not one per layer
-    return _replace(model, lambda layer, name: PackedBinaryConv2d(layer, name, isa))
+    return replace_layers(model, lambda layer, name: PackedBinaryConv2d(layer, name, isa))
 
 
 def float_model(model: nn.Module) -> nn.Module:
@@ -95,7 +95,7 @@ def float_model(model: nn.Module) -> nn.Module:
                          layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
         conv.load_state_dict({k: v for k, v in layer.state_dict().items() if k in ("weight", "bias")})
         return conv
-    return _replace(model, plain)
+    return replace_layers(model, plain)
 
 
 def binary_inputs(model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

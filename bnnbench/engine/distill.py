@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnnbench.data.catalog import socket_timeout
+from bnnbench.engine.rebuild import trained_model
 from bnnbench.errors import ConfigError
+from bnnbench.store import finished_dependency
 
 
 def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
@@ -60,9 +63,8 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
     except (ValueError, KeyError):
         raise ConfigError(f"teacher torchvision:{name}: no such torchvision model with pretrained weights") from None
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    from bnnbench.data.catalog import _socket_timeout
     try:
-        with _socket_timeout(30):
+        with socket_timeout(30):
             state = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # noqa: BLE001 - no network, or a damaged file
         raise ConfigError(f"teacher torchvision:{name}: its weights are not on disk ({cache}) and could not be "
@@ -75,8 +77,6 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
 
 def load_teacher(ref: dict, runs_dir: Path, data_root: Path, device: torch.device, num_classes: int) -> nn.Module:
     """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, or ``{"torchvision"}``)."""
-    from bnnbench.engine.run import trained_model
-    from bnnbench.store import finished_dependency
     if "torchvision" in ref:
         model = torchvision_teacher(ref["torchvision"], num_classes)
     else:

@@ -17,12 +17,13 @@ import math
 import torch
 from torch import nn
 
+from bnnbench.plugins.method import Method
+
 
 def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None) -> list[dict]:
     """[{decayed params, weight_decay}, {the rest, 0}]; ``method.decays(name, param, policy)`` decides
     (the :class:`~bnnbench.plugins.method.Method` default when ``method`` is None)."""
     if method is None:
-        from bnnbench.plugins.method import Method
         method = Method()
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from bnnbench.report.plots import curve_stem
-from bnnbench.report.tables import NOTES, StoredRun, _cells, columns, deploy_notes, row_labels
+from bnnbench.report.tables import NOTES, StoredRun, cells, columns, deploy_notes, row_labels
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:32px}
@@ -50,7 +50,7 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
 
 def _section(t: dict, runs: list[StoredRun], plots: Path) -> str:
     cols = columns([t])
-    parts = [f"<h2>{html.escape(t['title'])}</h2>", _table(cols, [_cells(r, cols) for r in t["rows"]], "leaderboard")]
+    parts = [f"<h2>{html.escape(t['title'])}</h2>", _table(cols, [cells(r, cols) for r in t["rows"]], "leaderboard")]
     stem = curve_stem(t["recipe"], t["track"], t["backbone"], t["epochs"], t["full_data"])
     for kind in ("curves", "flips"):
         if (plots / f"{kind}__{stem}.png").exists():

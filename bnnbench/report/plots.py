@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bnnbench.report.tables import row_labels
 from bnnbench.store import FLIPS, INIT_WEIGHTS, RESULT, RunDir, load_torch
 
 
@@ -28,7 +29,6 @@ def _plt():
 
 def _group_runs(runs: list) -> dict[tuple, dict[str, object]]:
     """{(recipe, track, backbone, epochs, full data): {row label: the StoredRun of its first seed}}."""
-    from bnnbench.report.tables import row_labels
     labels = row_labels([s.result for s in runs])
     groups: dict[tuple, dict[str, object]] = defaultdict(dict)
     for s in sorted(runs, key=lambda s: (s.result.seed, s.name)):

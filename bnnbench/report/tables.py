@@ -134,11 +134,14 @@ def _fmt_time(s: float | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[dict]:
+def build_tables(stored: list[StoredRun], baseline: str | None = None,
+                 published: Callable[[str], list[dict]] | None = None) -> list[dict]:
     """Group runs into tables; each table is {'title', 'rows': [dict per configuration]} (sorted, stable).
 
     One table per (recipe, track, dataset, backbone, epochs, epochs changed from the recipe, full data); one row per
-    run group (the RunSpec without the seed): only seeds of one configuration are averaged.
+    run group (the RunSpec without the seed): only seeds of one configuration are averaged. ``published(method)``
+    gives a method's published numbers (the command line passes the plugins' own, ``Method.references``);
+    by default ``results/reference.yaml``'s.
     """
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
     deploys = {id(s.result): s.deploy for s in stored}
@@ -153,7 +156,7 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None) -> list[d
         for r in groups[key]:
             by_group[r.group].append(r)
         rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden,
-                     [deploys.get(id(r)) for r in by_group[g]])
+                     [deploys.get(id(r)) for r in by_group[g]], published)
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
         add_statistics(rows, baseline)
         sched = (f"{epochs} epochs" + (" (changed from the recipe)" if overridden else "")
@@ -203,7 +206,8 @@ def _deploy_cells(deploys: list[dict | None]) -> dict:
 
 
 def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
-         overridden: bool, deploys: list[dict | None] | None = None) -> dict:
+         overridden: bool, deploys: list[dict | None] | None = None,
+         published: Callable[[str], list[dict]] | None = None) -> dict:
     ok = [r for r in rs if r.status == "done"]
     failed = [r for r in rs if r.status == "failed"]
     row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
@@ -221,7 +225,8 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
                    wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
                    epochs_run=max(r.epochs_run for r in ok))
         row.update(_deploy_cells([d for r, d in zip(rs, deploys or [None] * len(rs)) if r.status == "done"]))
-    ref = find_reference(rs[0].method, dataset, backbone, rs[0].stage)
+    ref = find_reference(rs[0].method, dataset, backbone, rs[0].stage,
+                         published(rs[0].method) if published else None)
     row["paper"] = ref["top1"] if ref else None
     row["paper_source"] = ref["source"] if ref else None
     comparable = (ref is not None and full and not overridden and not rs[0].changes
@@ -247,7 +252,7 @@ def columns(tables: list[dict]) -> list[str]:
     return COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else COLUMNS
 
 
-def _cells(row: dict, cols: list[str]) -> list[str]:
+def cells(row: dict, cols: list[str]) -> list[str]:
     if not row["n"]:
         return [row["method"], f"failed ({'; '.join(row['failures'])})"] + ["-"] * (len(cols) - 2)
     top1 = f"{_ci(row['final_top1'], row['final_top1_ci'])} (n={row['n']})"
@@ -302,13 +307,13 @@ def render(tables: list[dict], fmt: str) -> str:
         w.writerow(["table"] + cols)
         for t in tables:
             for row in t["rows"]:
-                w.writerow([t["title"]] + _cells(row, cols))
+                w.writerow([t["title"]] + cells(row, cols))
         return buf.getvalue()
     tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
     parts = []
     for t in tables:
         cols = columns([t])
-        body = tabulate([_cells(r, cols) for r in t["rows"]], headers=cols, tablefmt=tablefmt, disable_numparse=True)
+        body = tabulate([cells(r, cols) for r in t["rows"]], headers=cols, tablefmt=tablefmt, disable_numparse=True)
         if fmt == "md":
             parts.append(f"### {t['title']}\n\n{body}\n")
         else:
@@ -345,7 +350,7 @@ def print_console(tables: list[dict], console) -> None:
         for c in cols:
             table.add_column(c, justify="left" if c == "method" else "right")
         for row in t["rows"]:
-            table.add_row(*(escape(c) for c in _cells(row, cols)))
+            table.add_row(*(escape(c) for c in cells(row, cols)))
         console.print(table)
     if tables:
         console.print(escape(NOTES), soft_wrap=True, style="dim")

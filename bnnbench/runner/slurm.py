@@ -14,45 +14,55 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnnbench.config.spec import dependencies
+from bnnbench.engine import PREEMPTION, Preempted, resolve_device
+from bnnbench.engine import distributed as ddp
 from bnnbench.errors import ConfigError
+from bnnbench.plugins import load_plugins
+from bnnbench.runner.execute import execute
+from bnnbench.store import RunDir
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """How the pending runs are submitted (the command line's cluster flags)."""
+    out: Path
+    device: str = "auto"
+    plugins: tuple[str, ...] = ()
+    partition: str | None = None
+    executor: str = "slurm"           # "slurm", or "local": the same submitit path as local processes
+    gpus_per_run: int = 1
+    array_parallelism: int = 64
+    time_min: int = 3 * 24 * 60
+    cpus: int = 10
+    wait: bool = False
 
 
 class RunJob:
-    """The callable a submitit job executes: train (or resume) one run of the matrix."""
+    """The callable a submitit job executes: one run of the matrix through the run protocol
+    (:func:`bnnbench.runner.execute.execute`)."""
 
     def __init__(self, out: str, data_root: str, device: str, plugins: list[str]):
         self.out, self.data_root, self.device, self.plugins = out, data_root, device, plugins
 
     def __call__(self, cfg) -> dict[str, Any]:
-        import submitit
-
-        from bnnbench.engine import distributed as ddp
-        from bnnbench.engine.run import PREEMPTION, Preempted, resolve_device, run_or_fail
-        from bnnbench.plugins import load_plugin
-        from bnnbench.store import RunDir
-        for spec in self.plugins:
-            load_plugin(spec)
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
+        import submitit  # deferred: an optional dependency (the slurm extra)
+        load_plugins(self.plugins)
+        if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         device = ddp.setup(self.device) or resolve_device(self.device)
         rd = RunDir(Path(self.out) / "runs" / cfg.name)
-        decision = ddp.broadcast(rd.prepare(cfg) if ddp.is_main() else None)
-        if decision != "run":
-            return {"run": rd.name, "status": decision}
         preempted = None
         try:
-            with PREEMPTION:
-                result = run_or_fail(cfg, rd, device, Path(self.data_root))
+            out = execute(cfg, rd, device, Path(self.data_root))
         except Preempted as exc:
             preempted = exc
             print(f"preempted: {exc}", flush=True)
         finally:
-            if ddp.is_main():
-                rd.release()
             ddp.shutdown()
         if preempted is not None:
             # The run's state, mid-epoch included, is on disk. Hand the signal to submitit's own handler
@@ -60,18 +70,17 @@ class RunJob:
             os.kill(os.getpid(), PREEMPTION.signum)
             time.sleep(5.0)  # the handler runs here; reached past only where it does not exit (SIGTERM)
             raise preempted
-        return {"run": rd.name, "status": result.status}
+        return {"run": rd.name, "status": out.result.status if out.result else out.decision}
 
     def checkpoint(self, cfg):
         """Called by submitit on preemption/timeout: requeue; the new job resumes from the checkpoint."""
-        import submitit
+        import submitit  # deferred: an optional dependency (the slurm extra)
         return submitit.helpers.DelayedSubmission(RunJob(self.out, self.data_root, self.device, self.plugins), cfg)
 
 
 def dependency_levels(todo: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
     """``todo`` in levels: level 0 depends on no pending run, level k + 1 on runs of level <= k (a run
     whose dependency is already done, or not in this sweep, starts at once and checks it itself)."""
-    from bnnbench.config.spec import dependencies
     pending = {cfg.name: cfg for cfg, _ in todo}
     depth: dict[str, int] = {}
 
@@ -86,31 +95,31 @@ def dependency_levels(todo: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]
     return out
 
 
-def submit(todo: list[tuple[Any, Any]], args, data_root: Path, console) -> int:
-    """Submit one job per pending run; with ``--wait`` wait for them and return 0 if all finished."""
+def submit(todo: list[tuple[Any, Any]], opts: SlurmOptions, data_root: Path, console) -> int:
+    """Submit one job per pending run; with ``wait`` wait for them and return the number that failed."""
     try:
-        import submitit
+        import submitit  # deferred: an optional dependency (the slurm extra)
     except ImportError:
         raise ConfigError("--launcher slurm needs submitit: pip install 'bnnbench[slurm]'") from None
-    if args.slurm_executor == "slurm" and not args.slurm_partition:
+    if opts.executor == "slurm" and not opts.partition:
         raise ConfigError("--launcher slurm needs --slurm-partition NAME")
-    if args.gpus_per_run < 0:
-        raise ConfigError(f"--gpus-per-run {args.gpus_per_run}: must be >= 0")
-    folder = Path(args.out) / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=args.slurm_executor)
-    tasks = max(1, args.gpus_per_run)
-    params: dict[str, Any] = {"timeout_min": args.slurm_time, "tasks_per_node": tasks, "nodes": 1,
-                              "cpus_per_task": args.slurm_cpus}
-    if args.slurm_executor == "slurm":
-        params.update(slurm_partition=args.slurm_partition, slurm_gpus_per_node=args.gpus_per_run,
-                      slurm_array_parallelism=args.array_parallelism, slurm_signal_delay_s=120)
+    if opts.gpus_per_run < 0:
+        raise ConfigError(f"--gpus-per-run {opts.gpus_per_run}: must be >= 0")
+    folder = Path(opts.out) / "slurm" / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.executor)
+    tasks = max(1, opts.gpus_per_run)
+    params: dict[str, Any] = {"timeout_min": opts.time_min, "tasks_per_node": tasks, "nodes": 1,
+                              "cpus_per_task": opts.cpus}
+    if opts.executor == "slurm":
+        params.update(slurm_partition=opts.partition, slurm_gpus_per_node=opts.gpus_per_run,
+                      slurm_array_parallelism=opts.array_parallelism, slurm_signal_delay_s=120)
     else:
-        params["gpus_per_node"] = args.gpus_per_run
+        params["gpus_per_node"] = opts.gpus_per_run
     executor.update_parameters(name="bnnbench", **params)
-    job = RunJob(str(args.out), str(data_root), args.device, list(args.plugin))
+    job = RunJob(str(opts.out), str(data_root), opts.device, list(opts.plugins))
     jobs, before = [], []
     for level in dependency_levels(todo):  # runs that depend on runs: one job array per level, after the last
-        if before and args.slurm_executor == "slurm":
+        if before and opts.executor == "slurm":
             executor.update_parameters(slurm_additional_parameters={
                 "dependency": "afterany:" + ":".join(sorted({j.job_id.split("_")[0] for j in before}))})
         elif before:  # the local executor has no dependencies: the level before must have finished
@@ -121,8 +130,8 @@ def submit(todo: list[tuple[Any, Any]], args, data_root: Path, console) -> int:
             console.print(f"submitted job {j.job_id}: {rd.name}")
         jobs += before
     console.print(f"{len(jobs)} jobs submitted; logs in {folder.parent}; "
-                  f"`run_bench.py report --out {args.out}` builds the leaderboard as they finish")
-    if not args.wait:
+                  f"`run_bench.py report --out {opts.out}` builds the leaderboard as they finish")
+    if not opts.wait:
         return 0
     bad = 0
     for j in jobs:

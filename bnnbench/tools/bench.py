@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnnbench.data.catalog import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
+from bnnbench.data.catalog import CIFAR10_MEAN, CIFAR10_STD
+from bnnbench.data.loaders import TensorLoader
 from bnnbench.deploy.timing import paired_ratio, round_robin, sync, time_call
+from bnnbench.engine import resolve_device, train_step
 from bnnbench.engine.flips import FlipTracker
 from bnnbench.engine.host import keep_freed_memory
-from bnnbench.engine.run import resolve_device, train_step
 from bnnbench.nn.layers import BinaryConv2d
 from bnnbench.plugins import ARCHITECTURES, METHODS
 from bnnbench.plugins.arch import build_model
@@ -147,22 +148,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="activation and weight layout (training always uses channels_last)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
-                   help="load a third-party method/architecture plugin first (repeatable)")
     return p
 
 
-def main(argv: list[str], console) -> int:
-    """``run_bench.py bench ARGS`` (kept for callers that pass an argument list)."""
-    p = add_arguments(argparse.ArgumentParser(prog="run_bench.py bench", description=__doc__.split("\n\n")[0]))
-    return run(p.parse_args(argv), console)
-
 
 def run(args, console) -> int:
-    """Measure and print the figures (see the module docstring); ``args`` from :func:`add_arguments`."""
-    from bnnbench.plugins import load_plugin
-    for plugin in args.plugin:
-        load_plugin(plugin)
+    """Measure and print the figures (see the module docstring); ``args`` from :func:`add_arguments` (the
+    command line loads ``--plugin`` first)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -27,7 +27,7 @@ from torch import nn
 
 from bnnbench.deploy import kernels
 from bnnbench.deploy.measure import machine, measure, record_run
-from bnnbench.engine.run import trained_model
+from bnnbench.engine import trained_model
 from bnnbench.errors import ConfigError
 from bnnbench.nn import binary_layers
 from bnnbench.plugins import ARCHITECTURES, METHODS, build_model

@@ -42,7 +42,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnnbench.data.loaders import imagenet_loaders
+from bnnbench.deploy.timing import sync
+from bnnbench.engine import PreemptionGuard, Run, compiled, on_device, train_step
 from bnnbench.paths import ROOT
+from bnnbench.plugins import ARCHITECTURES, METHODS
+from bnnbench.plugins.arch import build_model
+from bnnbench.runner import SweepRequest, plan
+from bnnbench.store import RunDir
+from bnnbench.tools.precision import compare
+from bnnbench.tools.transfers import TransferCounter
 
 
 @dataclass
@@ -76,8 +85,6 @@ def _grads_finite(net: nn.Module) -> bool:
 
 
 def _model(method_name: str, arch_name: str, device: torch.device, num_classes: int = 10):
-    from bnnbench.plugins import ARCHITECTURES, METHODS
-    from bnnbench.plugins.arch import build_model
     arch = ARCHITECTURES.get(arch_name)
     method = METHODS.get(method_name)(family=arch.family)
     net = build_model(method, arch, num_classes).to(device, memory_format=torch.channels_last)
@@ -94,8 +101,6 @@ def _batch(arch, n: int, device: torch.device, side: int | None = None, num_clas
 # --- the checks ----------------------------------------------------------------------------------------
 
 def amp_steps(ctx: Context) -> Check:
-    from bnnbench.engine.run import train_step
-    from bnnbench.plugins import ARCHITECTURES, METHODS
     dtypes = [torch.bfloat16] if not ctx.cuda else [torch.float16, torch.bfloat16]
     bad, total = [], 0
     for m in METHODS.names():
@@ -117,7 +122,6 @@ def amp_steps(ctx: Context) -> Check:
 
 
 def precision(ctx: Context) -> Check:
-    from bnnbench.tools.precision import compare
     res = compare(ctx.device)
     bad = [f"{r.name}/{r.dtype}" for r in res if not r.ok]
     worst = max(r.grad_rel_err for r in res)
@@ -139,8 +143,6 @@ def _image_folder(root: Path, classes=("ant", "bee", "cat"), per: int = 4) -> Pa
 
 
 def loaders(ctx: Context) -> Check:
-    from bnnbench.data.catalog import imagenet_loaders
-    from bnnbench.engine.run import on_device
     root = _image_folder(ctx.tmp / "imagefolder")
     train, val, classes = imagenet_loaders(root, 4, 4, workers=0, seed=0, size=32)
     seen = {}
@@ -169,15 +171,10 @@ def loaders(ctx: Context) -> Check:
                     f"{layout_ok}", **detail)
 
 
-def _run_object(ctx: Context, method: str, extra: list[str]):
+def _run_object(ctx: Context, method: str, sets: list[tuple[str, object]]):
     """A :class:`~bnnbench.engine.run.Run` of ``method`` on the embedded digits recipe."""
-    from bnnbench.cli.main import build_parser, plan
-    from bnnbench.engine.run import Run
-    from bnnbench.store import RunDir
     out = ctx.tmp / f"run-{method}-{len(list(ctx.tmp.iterdir()))}"
-    args = build_parser().parse_args(["--methods", method, "--device", str(ctx.device), "--out", str(out),
-                                      "--no-download", *extra])
-    (spec,), _ = plan(args)
+    (spec,), _ = plan(SweepRequest(methods=[method], sets=sets, download=False))
     rd = RunDir(out / "runs" / spec.name)
     rd.path.mkdir(parents=True)
     return Run(spec, rd, ctx.device, ROOT / "data")
@@ -187,25 +184,22 @@ def sync_free_steps(ctx: Context) -> Check:
     if not ctx.cuda:
         return Check("sync_free_steps", "SKIP", "needs CUDA (set_sync_debug_mode); on CPU the test suite checks "
                      "the loader's per-batch transfers on the meta device")
-    from bnnbench.engine.run import PreemptionGuard, on_device
-    from bnnbench.plugins import METHODS
-    from bnnbench.tools.transfers import TransferCounter
     per_method = {}
     for m in METHODS.names():
-        run = _run_object(ctx, m, ["--set", "batch_size=64", "epochs=1", "amp=true"])
-        run.train_loader.set_epoch(0)
-        run.model.train()
-        first, _, sums = run._epoch_start(0)
-        batches = on_device(run.train_loader.iter_from(0), ctx.device)
-        steps, guard = len(run.train_loader), PreemptionGuard()
-        run.step(0, 0, steps, *next(batches), sums, guard)       # the epoch's one-off copies happen here
+        run = _run_object(ctx, m, [("batch_size", 64), ("epochs", 1), ("amp", True)])
+        run.state.train_loader.set_epoch(0)
+        run.state.model.train()
+        first, _, sums = run.loop.start_epoch(0, None)
+        batches = on_device(run.state.train_loader.iter_from(0), ctx.device)
+        steps, guard = len(run.state.train_loader), PreemptionGuard()
+        run.loop.step(0, 0, steps, *next(batches), sums, guard)       # the epoch's one-off copies happen here
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught, TransferCounter() as t:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 for i in range(1, 21):
-                    run.step(0, i, steps, *next(batches), sums, guard)
+                    run.loop.step(0, i, steps, *next(batches), sums, guard)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         syncs = sum("synchroniz" in str(w.message) for w in caught)
@@ -222,8 +216,6 @@ def _graphs() -> int:
 
 
 def _time_steps(model, net, method, x, y, n: int, device) -> float:
-    from bnnbench.deploy.timing import sync
-    from bnnbench.engine.run import train_step
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     train_step(model, x, y, nn.CrossEntropyLoss(), opt, scaler, method, device.type == "cuda")
@@ -242,7 +234,6 @@ def compile_method(method_name: str, device: torch.device, backend: str, epochs:
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from bnnbench.engine.run import compiled, train_step
     torch._dynamo.reset()
     counters.clear()
     method, net, arch = _model(method_name, "cresnet20", device)
@@ -267,7 +258,6 @@ def compile_method(method_name: str, device: torch.device, backend: str, epochs:
 
 
 def compile_check(ctx: Context) -> Check:
-    from bnnbench.plugins import METHODS
     backend = "inductor" if ctx.cuda else "eager"
     per, errors = {}, {}
     for m in METHODS.names():
@@ -290,7 +280,6 @@ def _cli(args: list[str], out: Path, env: dict | None = None, timeout: int = 300
 
 
 def _final_weights(out: Path) -> dict:
-    from bnnbench.store import RunDir
     (d,) = (out / "runs").iterdir()
     return RunDir(d).load_checkpoint()["model"]
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from bnnbench.nn import surrogates as S
+from bnnbench.plugins import METHODS
 
 #: limits a case must meet to pass
 MAX_REL_ERR = 2e-2
@@ -49,7 +50,6 @@ class PrecisionCase:
 def cases() -> dict[str, tuple[Callable[[Tensor], Tensor], float]]:
     """name -> (function of one activation tensor, input scale). Scale 40 for the per-sample forms makes
     sum x^2 over one sample exceed fp16's range; EDE is taken at IR-Net's final t = 10, k = 1."""
-    from bnnbench.plugins import METHODS
     out = {
         "sign_ste": (S.sign_ste, 1.0), "sign_clipped": (S.sign_clipped, 1.0), "sign_approx": (S.sign_approx, 1.0),
         "sign_ede[t=10]": (lambda u: S.sign_ede(u, 10.0, 1.0), 1.0),
