@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import ROOT, make_recipe
 
-from bnnbench.cli.main import build_parser, plan
-from bnnbench.engine.progress import Progress
+from bnnbench.cli.main import build_parser, sweep_request
 from bnnbench.engine import train_run
+from bnnbench.engine.progress import Progress
+from bnnbench.runner import plan
 from bnnbench.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -94,7 +95,7 @@ def test_paper_track_and_epochs_override_are_recorded(setup):
     args = build_parser().parse_args(["--methods", "recu", "ovsw", "--track", "paper", "--epochs", "1",
                                       "--set", "warmup_epochs=0",
                                       *map(str, run_args(setup))])
-    cfgs, _ = plan(args)
+    cfgs, _ = plan(sweep_request(args))
     recu = next(c for c in cfgs if c.method == "recu")
     ovsw = next(c for c in cfgs if c.method == "ovsw")
     assert recu.settings.lr == 0.05 and "published" in recu.track_note
@@ -116,7 +117,7 @@ class StopAfter(Progress):
 def test_resume_continues_and_matches_uninterrupted(setup, tmp_path):
     make_recipe(setup["recipe"], epochs=3)
     args = build_parser().parse_args(["--methods", "ovsw", *map(str, run_args(setup))])
-    cfg = plan(args)[0][0]
+    cfg = plan(sweep_request(args))[0][0]
     a, b = RunDir(tmp_path / "a"), RunDir(tmp_path / "b")
     for rd in (a, b):
         rd.create(cfg)

@@ -80,14 +80,14 @@ def test_init_from_a_finished_run_records_it_and_starts_from_its_weights(finishe
 
     from conftest import make_recipe
 
-    from bnnbench.cli.main import build_parser, plan
+    from bnnbench.runner import SweepRequest, plan
     from bnnbench.store import load_torch
     runs, data, _ = finished
     source = runs[0]                      # irnet (sorted first)
     recipe = make_recipe(tmp_path / "tiny.yaml", epochs=1)
     common = ["--methods", "irnet", "--recipe", str(recipe), "--data-root", str(data), "--device", "cpu"]
-    plain = plan(build_parser().parse_args(common))[0][0]
-    spec = plan(build_parser().parse_args([*common, "--init-from", str(source)]))[0][0]
+    plain = plan(SweepRequest(methods=["irnet"], recipe=str(recipe))).specs[0]
+    spec = plan(SweepRequest(methods=["irnet"], recipe=str(recipe), init_from=source)).specs[0]
     src_hash = RunDir(source).read_spec().hash
     assert spec.init_from["run"] == src_hash and spec.hash != plain.hash and "init_from" in spec.changes
     assert "init_from" not in plain.identity()          # runs without it keep their former hash

@@ -10,12 +10,12 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-from bnnbench.cli.main import build_parser, plan
+from bnnbench.runner import SweepRequest, plan
 from bnnbench.tools.gpu_check import CHECKS
 
 
-def _plan(*extra):
-    return plan(build_parser().parse_args(["--methods", "ovsw", "--device", "cpu", *extra]))[0][0]
+def _plan(**request):
+    return plan(SweepRequest(methods=["ovsw"], **request)).specs[0]
 
 
 @pytest.mark.slow
@@ -74,12 +74,12 @@ def test_recompiling_past_the_limit_raises_instead_of_running_eagerly():
 
 
 def test_deterministic_flag_is_a_setting_in_the_identity_and_the_default_keeps_old_hashes():
-    fast, det = _plan(), _plan("--deterministic")
+    fast, det = _plan(), _plan(deterministic=True)
     assert det.settings.deterministic is True and fast.settings.deterministic is False
     assert det.hash != fast.hash and det.changes == {"deterministic": True}
     assert "deterministic" not in fast.identity()["settings"]          # runs made before the key existed
     assert det.identity()["settings"]["deterministic"] is True
-    assert _plan("--set", "deterministic=true").hash == det.hash
+    assert _plan(sets=[("deterministic", True)]).hash == det.hash
 
 
 def test_numerics_configure_records_the_flags_and_restores_the_fast_mode():
@@ -95,7 +95,7 @@ def test_numerics_configure_records_the_flags_and_restores_the_fast_mode():
 
 def test_compile_drops_the_last_incomplete_training_batch():
     from bnnbench.engine import make_loaders
-    plain, comp = _plan(), _plan("--set", "compile=true")
+    plain, comp = _plan(), _plan(sets=[("compile", True)])
     a, _, _ = make_loaders(plain, torch.device("cpu"), ROOT / "data")
     b, test, _ = make_loaders(comp, torch.device("cpu"), ROOT / "data")
     n, bs = a.num_samples, comp.settings.batch_size

@@ -7,12 +7,13 @@ import pytest
 import torch
 from conftest import ROOT, make_recipe
 
-from bnnbench.cli.main import build_parser, main, plan
+from bnnbench.cli.main import build_parser, main, sweep_request
 from bnnbench.config.recipes import load_recipe
 from bnnbench.config.spec import RunSpec
 from bnnbench.engine import train_run
 from bnnbench.errors import ConfigError, RunError
 from bnnbench.report.tables import build_tables, collect, print_console
+from bnnbench.runner import plan
 from bnnbench.store import RunDir
 
 
@@ -28,7 +29,7 @@ def tiny(tmp_path, tiny_cifar):
 
 
 def specs(argv):
-    return plan(build_parser().parse_args(argv))[0]
+    return plan(sweep_request(build_parser().parse_args(argv)))[0]
 
 
 def test_settings_that_do_not_change_the_numbers_keep_the_identity(tiny):

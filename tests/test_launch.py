@@ -73,12 +73,13 @@ def test_submitit_timeout_checkpoints_mid_epoch_and_requeues(tmp_path):
 
 
 def test_submitit_runs_dependent_stages_after_their_dependencies(tmp_path):
-    from bnnbench.cli.main import build_parser, plan
+    from bnnbench.runner import SweepRequest, plan
     from bnnbench.runner.slurm import dependency_levels
     from bnnbench.store import RunDir
     argv = ["--recipe", "digits-cresnet20-twostage", "--methods", "ovsw", "--epochs", "1", "--set",
             "train_subset=128", "warmup_epochs=0", "--device", "cpu", "--out", str(tmp_path / "out")]
-    specs = plan(build_parser().parse_args(argv))[0]
+    specs = plan(SweepRequest(methods=["ovsw"], recipe="digits-cresnet20-twostage", epochs=1,
+                              sets=[("train_subset", 128), ("warmup_epochs", 0)])).specs
     levels = dependency_levels([(s, None) for s in specs])
     assert [[s.stage for s, _ in lv] for lv in levels] == [["teacher"], ["stage1"], ["stage2"]]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -169,8 +169,9 @@ def test_stale_lock_of_dead_worker_is_taken_over(env):
     assert main([*map(str, args(out)), "--dry-run"]) == 0
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer exists
-    from bnnbench.cli.main import build_parser, plan
-    cfg = plan(build_parser().parse_args(list(map(str, args(out)))))[0][0]
+    from bnnbench.runner import SweepRequest, plan
+    recipe = args(out)[args(out).index("--recipe") + 1]
+    cfg = plan(SweepRequest(methods=["ovsw"], recipe=str(recipe))).specs[0]
     rd = RunDir(out / "runs" / cfg.name)
     rd.path.mkdir(parents=True)
     import socket

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_cifar, make_recipe
 
-from bnnbench.cli.main import build_parser, main, plan
-from bnnbench.engine import train_run
+from bnnbench.cli.main import main
 from bnnbench.report.plots import plot_all, plot_curves, plot_silent_hist
 from bnnbench.report.tables import StoredRun, build_tables, collect, render
+from bnnbench.runner import SweepRequest, execute, plan
 from bnnbench.store import RunDir
 
 
@@ -19,12 +19,8 @@ def matrix(tmp_path_factory):
     data = make_cifar(tmp / "data")
     recipe = make_recipe(tmp / "tiny.yaml", epochs=2)
     out = tmp / "out"
-    args = build_parser().parse_args(["--methods", "ovsw", "recu", "--recipe", str(recipe), "--data-root",
-                                      str(data), "--out", str(out)])
-    for cfg in plan(args)[0]:
-        rd = RunDir(out / "runs" / cfg.name)
-        rd.create(cfg)
-        train_run(cfg, rd, torch.device("cpu"), data)
+    for cfg in plan(SweepRequest(methods=["ovsw", "recu"], recipe=str(recipe))).specs:  # the runner's protocol
+        assert execute(cfg, RunDir(out / "runs" / cfg.name), torch.device("cpu"), data).result.status == "done"
     return out
 
 

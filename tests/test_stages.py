@@ -11,8 +11,9 @@ import torch
 import yaml
 from conftest import ROOT
 
-from bnnbench.cli.main import build_parser, plan
+from bnnbench.cli.main import build_parser, sweep_request
 from bnnbench.errors import ConfigError
+from bnnbench.runner import plan
 from bnnbench.store import RunDir
 
 RECIPE = "digits-cresnet20-twostage"
@@ -20,8 +21,8 @@ TINY = ["--epochs", "2", "--set", "train_subset=320", "warmup_epochs=0"]   # 5 s
 
 
 def specs(*extra):
-    return plan(build_parser().parse_args(["--methods", "ovsw", "recu", "--recipe", RECIPE, "--device", "cpu",
-                                           *extra]))[0]
+    argv = ["--methods", "ovsw", "recu", "--recipe", RECIPE, "--device", "cpu", *extra]
+    return plan(sweep_request(build_parser().parse_args(argv)))[0]
 
 
 def test_dependencies_come_first_and_are_part_of_the_identity():
@@ -122,7 +123,7 @@ def test_bad_stage_sections_are_refused(tmp_path, doc, message):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({**base, **doc}))
     with pytest.raises(ConfigError, match=message):
-        plan(build_parser().parse_args(["--methods", "ovsw", "--recipe", str(path), "--device", "cpu"]))
+        plan(sweep_request(build_parser().parse_args(["--methods", "ovsw", "--recipe", str(path), "--device", "cpu"])))
 
 
 def test_stage_binarisation_modes():

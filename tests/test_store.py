@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import ROOT, TALLY, make_recipe
 
-from bnnbench.cli.main import build_parser, main, plan
+from bnnbench.cli.main import main
 from bnnbench.engine import run_or_fail, train_run
 from bnnbench.errors import RunError
 from bnnbench.report.tables import collect
+from bnnbench.runner import SweepRequest, plan
 from bnnbench.store import RunDir, atomic_write_text
 
 
@@ -26,7 +27,7 @@ def tiny(tmp_path, tiny_cifar):
     def argv(*extra):
         return ["--methods", "xnor", "--recipe", str(recipe), "--data-root", str(tiny_cifar), "--out", str(out),
                 "--device", "cpu", *map(str, extra)]
-    (spec,) = plan(build_parser().parse_args(argv()))[0]
+    (spec,) = plan(SweepRequest(methods=["xnor"], recipe=str(recipe))).specs
     return argv, out, spec, tiny_cifar
 
 
