@@ -23,6 +23,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import socket
@@ -77,7 +78,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -125,7 +125,6 @@ def content_digest(obj: Any) -> str:
 
 def pack_checkpoint(state: dict) -> bytes:
     """torch.save({**state, "integrity": sha256 of the state's content})."""
-    import io
     buf = io.BytesIO()
     torch.save({**state, INTEGRITY: content_digest(state)}, buf)
     return buf.getvalue()
@@ -138,7 +137,6 @@ def load_torch(path: Path) -> Any:
 
 def unpack_checkpoint(data: bytes) -> dict:
     """The state of a checkpoint; raises ValueError when it is truncated, corrupt or not the suite's."""
-    import io
     if data.startswith(_MAGIC):
         digest, payload = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
         if len(digest) < 32 or hashlib.sha256(payload).digest() != digest:

@@ -13,6 +13,9 @@ Every dataset is reached through :func:`load_dataset`; a missing or malformed da
 from __future__ import annotations
 
 import functools
+import gzip
+import pickle
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,7 @@ def _digits(root: Path, download: bool) -> TensorData:
 
     Fixed split: a seed-0 permutation, the first 360 images (20%) are the test set.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: start-up: scikit-learn loads only for the digits dataset
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0       # (N,1,8,8) in [0,1]
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
@@ -71,7 +74,7 @@ def _cifar_root(root: Path, folder: str) -> Path:
 
 
 def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets import CIFAR10, CIFAR100  # deferred: start-up (torchvision datasets)
     base = CIFAR100 if hundred else CIFAR10
     folder = base.base_folder
     files = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
@@ -81,7 +84,6 @@ def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
             return present(Path(self.root))
 
         def _load_meta(self) -> None:
-            import pickle
             with open(Path(self.root) / folder / self.meta["filename"], "rb") as f:
                 meta = pickle.load(f, encoding="latin1")
             self.classes = meta[self.meta["key"]]
@@ -124,10 +126,8 @@ def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
 
 
 def _mnist_family(root: Path, download: bool, *, cls_name: str) -> TensorData:
-    import gzip
-    import shutil
 
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # deferred: start-up (torchvision datasets)
     base = getattr(tvd, cls_name)
     raw = Path(root) / cls_name / "raw"
     for gz in raw.glob("*.gz") if raw.is_dir() else []:  # local .gz archives need no download

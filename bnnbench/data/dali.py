@@ -30,7 +30,7 @@ from bnnbench.errors import ConfigError
 
 def _require():
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401 - deferred: an optional dependency (the dali extra)
     except ImportError:
         raise ConfigError("loader: dali needs NVIDIA DALI: pip install 'bnnbench[dali]' "
                           "(nvidia-dali-cuda130, or the wheel matching your CUDA)") from None
@@ -38,7 +38,7 @@ def _require():
 
 def listing(root: Path) -> tuple[list[str], list[int]]:
     """(files, labels) of an ImageFolder root in torchvision's order (sorted classes, sorted files)."""
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # deferred: start-up (torchvision datasets)
     samples = ImageFolder(str(root)).samples
     return [f for f, _ in samples], [c for _, c in samples]
 
@@ -47,7 +47,7 @@ def build_pipeline(files: list[str], labels: list[int], batch_size: int, *, trai
                    device_id: int | None, threads: int = 4, size: int = 224):
     """A DALI pipeline reading ``files`` in the given order, yielding (images float HWC normalised, labels)."""
     _require()
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def, types  # deferred: an optional dependency (the dali extra)
     mean = [255 * m for m in IMAGENET_MEAN]
     std = [255 * s for s in IMAGENET_STD]
     decoder_device = "mixed" if device_id is not None else "cpu"
@@ -107,7 +107,10 @@ class DaliLoader:
         return self.iter_from(0)
 
     def iter_from(self, start: int):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import (  # deferred: an optional dependency (the dali extra)
+            DALIGenericIterator,
+            LastBatchPolicy,
+        )
         idx = self.order()[start * self.batch_size:]
         if not idx:
             return

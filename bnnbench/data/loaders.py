@@ -150,14 +150,14 @@ def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers:
     training too); ``normalize``: "imagenet" or "dataset" (the same ImageNet statistics: computing them over
     the folder is not done). Other values raise.
     """
-    import torchvision.transforms as T
+    import torchvision.transforms as T  # deferred: start-up: torchvision loads only for a torchvision teacher
     if augment not in ("imagenet", "none"):
         raise DataError(f"augment = {augment!r} cannot be applied to an ImageFolder dataset; use 'imagenet' "
                         f"or 'none'")
     if normalize not in ("imagenet", "dataset"):
         raise DataError(f"normalize = {normalize!r} cannot be applied to an ImageFolder dataset; use "
                         f"'imagenet' (or 'dataset', which means the ImageNet statistics here)")
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # deferred: start-up (torchvision datasets)
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():

@@ -20,6 +20,7 @@ available, :func:`unavailable_reason` says why and the rest of the suite runs wi
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -40,9 +41,8 @@ def build_dir() -> Path:
 def _load():
     """The compiled extension module, or the exception that stopped it (cached for the process)."""
     try:
-        import logging
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime": CPU only
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import load  # deferred: start-up: the builder loads only with the kernels
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         return load(name="bnnbench_binconv", sources=[str(SOURCE)], build_directory=str(path),

@@ -55,7 +55,7 @@ class DistillationLoss(nn.Module):
 
 def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
     """torchvision's ImageNet ``name`` (e.g. resnet34) with its default pretrained weights from the hub cache."""
-    import torchvision
+    import torchvision  # deferred: start-up: torchvision loads only for a torchvision teacher
     if num_classes != 1000:
         raise ConfigError(f"teacher torchvision:{name} has 1000 ImageNet classes; this dataset has {num_classes}")
     try:

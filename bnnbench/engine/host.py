@@ -19,6 +19,10 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
+import resource
+
+import torch
 
 from bnnbench.errors import ConfigError
 
@@ -69,7 +73,6 @@ def reset_peak_memory(device) -> str:
     ``/proc/self/clear_refs``), so the reading is this run's peak resident memory, not the sweep's.
     """
     if device.type == "cuda":
-        import torch
         torch.cuda.reset_peak_memory_stats(device)
         return "run"
     trim = getattr(_libc(), "malloc_trim", None)
@@ -87,7 +90,6 @@ def peak_memory(device) -> int:
     """Peak bytes since :func:`reset_peak_memory`: CUDA allocated memory, or the CPU resident set (VmHWM;
     ``getrusage``'s lifetime maximum where /proc is absent)."""
     if device.type == "cuda":
-        import torch
         return int(torch.cuda.max_memory_allocated(device))
     try:
         with open("/proc/self/status") as f:
@@ -96,6 +98,4 @@ def peak_memory(device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import platform
-    import resource
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024))

@@ -51,7 +51,7 @@ class Loggers:
 
     @staticmethod
     def _open_tensorboard(run_dir: Path, config: dict):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # deferred: an optional dependency (the track extra)
         w = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         w.add_text("config", f"```\n{config}\n```")
 
@@ -63,13 +63,13 @@ class Loggers:
 
     @staticmethod
     def _open_wandb(run_dir: Path, config: dict):
-        import wandb
+        import wandb  # deferred: an optional dependency (pip install wandb)
         run = wandb.init(name=run_dir.name, config=config, dir=str(run_dir), reinit=True)
         return (lambda row, step: run.log(scalars(row), step=step), run.finish)
 
     @staticmethod
     def _open_mlflow(run_dir: Path, config: dict):
-        import mlflow
+        import mlflow  # deferred: an optional dependency (pip install mlflow)
         active = mlflow.start_run(run_name=run_dir.name)
         mlflow.log_params({k: str(v)[:250] for k, v in config.items() if not isinstance(v, dict)})
         return (lambda row, step: mlflow.log_metrics(scalars(row), step=step),

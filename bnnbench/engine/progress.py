@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RP
 
 from bnnbench.engine.distributed import CHECK_EVERY
 
@@ -18,14 +20,6 @@ class RichProgress(Progress):
     """Per-run progress bar with ETA (epochs) and a per-epoch line."""
 
     def __init__(self, console, label: str):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RP
         self.console = console
         self.rp = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)

@@ -21,9 +21,9 @@ from bnnbench.store import FLIPS, INIT_WEIGHTS, RESULT, RunDir, load_torch
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: start-up: matplotlib loads only when plots are drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: start-up: pyplot loads only for plots, after the Agg backend is set
     return plt
 
 

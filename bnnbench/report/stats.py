@@ -41,7 +41,7 @@ class Comparison:
 
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean and Student-t half-width over ``values`` (seeds)."""
-    from scipy import stats
+    from scipy import stats  # deferred: start-up: scipy.stats (~0.5 s) loads only when a table compares seeds
     n = len(values)
     if n == 0:
         raise ValueError("no values")
@@ -55,7 +55,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 def compare(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Comparison | None:
     """A - B over seeds (``{seed: value}``): paired when the seeds match, Welch otherwise; None when a test
     is impossible (fewer than two seeds on a side, or no spread at all)."""
-    from scipy import stats
+    from scipy import stats  # deferred: start-up: scipy.stats (~0.5 s) loads only when a table compares seeds
     q = 0.5 + level / 2
     if set(a) == set(b) and len(a) >= 2:
         seeds = sorted(a)

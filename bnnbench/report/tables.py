@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from rich.markup import escape
+from rich.table import Table
 from tabulate import tabulate
 
 from bnnbench.config.spec import RunResult, variant_label
@@ -340,8 +342,6 @@ def write_reports(out: Path, tables: list[dict]) -> dict[str, Path]:
 
 
 def print_console(tables: list[dict], console) -> None:
-    from rich.markup import escape
-    from rich.table import Table
     if not tables:
         console.print("No finished runs.")
     for t in tables:

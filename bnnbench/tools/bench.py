@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.table import Table
 from torch import nn
 
 from bnnbench.data.catalog import CIFAR10_MEAN, CIFAR10_STD
@@ -172,7 +173,6 @@ def run(args, console) -> int:
     results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup,
                             MEMORY_FORMATS[args.memory_format])
     loader_ips = bench_loader(args.batch, device)
-    from rich.table import Table
     table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")
     for c in ("method", "step ms", "min-max ms", "img/s", "x FP", "x FP IQR", "hook ms", "flip ms", "hook+flip %",
               "eval img/s"):

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import torch
+from rich.table import Table
 from torch import nn
 
 from bnnbench.deploy import kernels
@@ -142,7 +143,6 @@ def _run_stored(args, console) -> int:
 
 
 def print_case(c: dict, console) -> None:
-    from rich.table import Table
     e = c["end_to_end"]
     if c.get("layers"):
         t = Table(title=f"{c['arch']} batch {c['batch']}: binary convs, packed vs FP32 conv2d")

@@ -131,7 +131,7 @@ def precision(ctx: Context) -> Check:
 
 
 def _image_folder(root: Path, classes=("ant", "bee", "cat"), per: int = 4) -> Path:
-    from PIL import Image
+    from PIL import Image  # deferred: start-up: only the loaders check draws images
     g = torch.Generator().manual_seed(0)
     for split in ("train", "val"):
         for c in classes:
@@ -151,13 +151,13 @@ def loaders(ctx: Context) -> Check:
         seen[name] = sum(len(y) for _, y in xs)
     detail = {"classes": classes, **seen}
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401 - deferred: an optional dependency (the dali extra)
     except ImportError:
         detail["dali"] = "not installed (pip install 'bnnbench[dali]')"
         return _verdict("loaders", seen["torchvision_train"] == 12 and seen["torchvision_val"] == 12,
                         f"torchvision {seen['torchvision_train']}+{seen['torchvision_val']} images; DALI not "
                         f"installed", **detail)
-    from bnnbench.data.dali import DaliLoader
+    from bnnbench.data.dali import DaliLoader  # deferred: an optional dependency (the dali extra)
     dali = DaliLoader(root / "train", 4, train=True, seed=0, device=ctx.device, workers=2, size=32)
     batches = list(dali)
     layout_ok = all(x.is_contiguous(memory_format=torch.channels_last) and x.device.type == ctx.device.type
@@ -211,7 +211,7 @@ def sync_free_steps(ctx: Context) -> Check:
 
 
 def _graphs() -> int:
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # deferred: start-up: dynamo's counters load only for the compile check
     return int(counters["stats"]["unique_graphs"])
 
 
@@ -231,8 +231,8 @@ def compile_method(method_name: str, device: torch.device, backend: str, epochs:
                    batch: int = 8) -> dict:
     """Compile ``method_name`` on cresnet20; train 2 steps in each of ``epochs`` epochs (the method's
     schedule advancing), then evaluate a full and a smaller batch. Graphs, breaks, and step times."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
+    import torch._dynamo  # deferred: start-up: dynamo loads only for the compile check
+    from torch._dynamo.utils import counters  # deferred: start-up: dynamo's counters load only for the compile check
 
     torch._dynamo.reset()
     counters.clear()
