@@ -1,4 +1,4 @@
-"""CIFAR ResNet-18 "cResNet18_1w1a", IR-Net variant (methods_spec section 2.3).
+"""CIFAR ResNet-18 "cResNet18_1w1a", IR-Net variant (the authors' ``resnet18_1w1a``).
 
 Three variants exist (OvSW: binary 1x1 shortcut; ReCU: parameter-free shortcut; IR-Net: FP 1x1 shortcut).
 bnnbench fixes **one** for every method: the FP 1x1 conv + BN downsample of IR-Net, the same convention

@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20 "cResNet20_1w1a" (OvSW = ReCU variant, methods_spec section 2.4).
+"""CIFAR ResNet-20 "cResNet20_1w1a" (OvSW = ReCU variant: the authors' ``resnet20_1w1a``).
 
 Stem (FP): conv 3x3 3->16 -> BN -> Hardtanh. Three stages of three blocks, widths 16/32/64, strides 1/2/2;
 Bi-Real-style block with two residuals:

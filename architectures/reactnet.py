@@ -1,5 +1,5 @@
-"""ReActNet-style ResNet-18 ("reactnet18"): the two-stage track's backbone (methods_spec section 3.4, the
-ReCU two-stage variant; Liu et al., "ReActNet", ECCV 2020, sections 3.2-3.3).
+"""ReActNet-style ResNet-18 ("reactnet18"): the two-stage track's backbone (the ReCU
+two-stage variant; Liu et al., "ReActNet", ECCV 2020, sections 3.2-3.3).
 
 Bi-Real-18 topology with 16 single-conv blocks, [4, 4, 4, 4] per stage, widths 64/128/256/512, the first
 block of stages 2-4 with stride 2. Each block::

@@ -1,4 +1,4 @@
-"""ImageNet ResNet-18 / ResNet-34 "1w1a" (the OvSW = ReCU = IR-Net topology, methods_spec section 2.1).
+"""ImageNet ResNet-18 / ResNet-34 "1w1a" (the OvSW = ReCU = IR-Net topology).
 
 Stem (FP): conv 7x7/2 3->64 -> BN -> Hardtanh -> MaxPool 3x3/2.
 Stages 64/128/256/512, strides 1/2/2/2, blocks [2,2,2,2] (R18) or [3,4,6,3] (R34); Bi-Real-style block

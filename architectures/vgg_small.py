@@ -1,4 +1,4 @@
-"""VGG-Small "VGGSmall_1w1a" (methods_spec section 2.5).
+"""VGG-Small "VGGSmall_1w1a" (the IR-Net / ReCU ``vgg_small_1w1a``).
 
     conv0 FP 3->128 -> BN -> Hardtanh
     conv1 bin 128->128 -> MaxPool2 -> BN -> Hardtanh

@@ -10,9 +10,10 @@ Weights:      W_b = sg(alpha_c) * sign(W), alpha_c = mean|W_c| (detached);
 
 Benchmark decisions: the shared backbones of bnnbench are used (the Bi-Real "one residual per binary
 conv" topology is what the ImageNet ResNets and cResNet20 already are); latent weights use the backbone's
-shared initialisation, not the authors' U[0, 1e-3) (pitfall 24: that init makes every initial sign +1 and
+shared initialisation, not the authors' U[0, 1e-3) (that init makes every initial sign +1 and
 silent-weight figures incomparable). The recipe of the paper track follows the PyTorch code (Adam from
-scratch, linear decay, label smoothing 0.1), not the Caffe fine-tuning pipeline (pitfall 23).
+scratch, linear decay, label smoothing 0.1), not the Caffe fine-tuning pipeline (which starts
+from a full-precision model).
 """
 from __future__ import annotations
 

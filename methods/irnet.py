@@ -6,15 +6,16 @@ Networks", CVPR 2020 (code: htqin/IR-Net, modules/ir_1w1a.py and binaryfunction.
 Weights (Libra-PB):
     W^_c = (W_c - mean(W_c)) / std_unbiased(W_c)          (no epsilon; statistics differentiated)
     s_c  = round(log2(mean_i |W^_c,i|)),  W_b = 2^{s_c} * sign(W^_c)   (2^{s_c} detached; ~1 in practice,
-                                                                         kept faithful, pitfall 20)
+                                                                         kept: the reference computes it)
 Activations: sign(x) on the raw input.
 Backward (weights and activations): EDE, g'(u) = k * t * (1 - tanh^2(t u)).
 Schedule, set before each epoch e of E:  t_e = 10^(log10 T_min + (log10 T_max - log10 T_min) * e / E),
 k_e = max(1 / t_e, 1).  Defaults T_min = 0.1, T_max = 10 (paper and VGG-Small code); the authors'
 ResNet-20 code uses T_min = 1e-3 (set ``t_min`` in a recipe for that). t and k are buffers recomputed from
-the epoch at every epoch start, so a resumed run gets the same values (pitfall 19). Before the first
+the epoch at every epoch start, so a resumed run gets the same values (no state outside the model). Before the first
 epoch the layer holds the reference's initial t = 0.1, k = 10.
-The models return logits (the reference's LogSoftmax under CrossEntropy is idempotent, pitfall 21).
+The models return logits (the reference's LogSoftmax before CrossEntropy changes nothing:
+log_softmax is idempotent).
 """
 from __future__ import annotations
 

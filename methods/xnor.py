@@ -9,9 +9,10 @@ Weights:      W_b = alpha_c * sign(W_c),  alpha_c = ||W_c||_1 / n  (one scale pe
               that XNOR-Net-PyTorch implements.
 Activations:  sign(x) with clipped identity 1[|x| <= 1].
 
-Benchmark decisions (methods_spec section 3.1 recommendation): no activation scale K (computed but unused
-by both official codes), no in-place mean-centring/clamping of the latent weights, and no x n / x 1e9
-gradient multipliers (pitfall 28). The backbone's BN and Hardtanh are kept.
+Benchmark decisions (what both official codes effectively compute): no activation scale K (computed but
+unused by both), no in-place mean-centring/clamping of the latent weights, and no x n / x 1e9
+gradient multipliers (they rescale the lr per layer; the shared recipes set the lr). The backbone's BN
+and Hardtanh are kept.
 """
 from __future__ import annotations
 

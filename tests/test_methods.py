@@ -1,4 +1,4 @@
-"""Every method against the formulas of methods_spec section 3, on hand-made tensors."""
+"""Every method against the formulas in its docstring (methods/*.py), on hand-made tensors."""
 import math
 
 import pytest
@@ -62,7 +62,7 @@ def test_irnet_libra_pb_weights():
     wf = w.flatten(1)
     std = (wf - wf.mean(1, keepdim=True)) / wf.std(1, keepdim=True)
     s = torch.round(torch.log2(std.abs().mean(1)))
-    assert torch.equal(s, torch.zeros_like(s))  # 2^s = 1 for Gaussian weights (pitfall 20)
+    assert torch.equal(s, torch.zeros_like(s))  # 2^s = 1 for Gaussian weights (Libra-PB's scale, methods/irnet.py)
     assert set(torch.unique(wb).tolist()) <= {-1.0, 1.0}
     assert torch.equal(torch.sign(wb).flatten(1), torch.sign(std))
     assert torch.equal(conv.effective_sign().flatten(1), torch.sign(wf - wf.mean(1, keepdim=True)))

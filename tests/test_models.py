@@ -34,7 +34,7 @@ def test_build_forward_backward_step(method, arch):
         assert torch.isfinite(model(x)).all()
 
 
-PARAMS = {  # methods_spec section 2 (methods without extra parameters)
+PARAMS = {  # each backbone's parameter count (methods without extra parameters)
     ("resnet18", 1000, ()): (11_690_536, 10_985_472),
     ("resnet34", 1000, ()): (21_798_696, 21_086_208),
     ("reactnet18", 1000, ()): (11_704_424, 10_985_472),  # architectures/reactnet.py: counted by hand there

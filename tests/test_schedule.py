@@ -1,4 +1,4 @@
-"""The lr schedules are the formulas of methods_spec sections 3.2, 3.5 and 4."""
+"""The lr schedules are the formulas of bnnbench/engine/optim.py (cosine, linear, step, warmup)."""
 import math
 
 import pytest

@@ -112,6 +112,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--dry-run", action="store_true", help="show the run matrix and what would run")
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
     p.add_argument("--list", action="store_true", help="list methods, backbones and recipes")
+    add_cluster_arguments(p)
+    return p
+
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``run`` command's cluster flags (``--launcher slurm`` and its options)."""
     g = p.add_argument_group("cluster (see README, 'Running on a cluster')")
     g.add_argument("--launcher", default="local", choices=["local", "slurm"],
                    help="local: run here (default); slurm: one submitit job per pending run")
@@ -123,8 +130,6 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     g.add_argument("--slurm-executor", default="slurm", choices=["slurm", "local"],
                    help="local: the same submitit path as local processes (testing without a cluster)")
     g.add_argument("--wait", action="store_true", help="wait for the submitted jobs and print the leaderboard")
-    return p
-
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

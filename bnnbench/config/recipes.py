@@ -104,7 +104,13 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: backbone_options must be a mapping, got {options!r}")
     train = check_train(doc["train"], f"{where}, section 'train'", partial=False)
-    paper_doc = doc.get("paper") or {}
+    paper = _parse_paper(doc.get("paper") or {}, train, where)
+    return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where,
+                  stages=parse_stages(doc.get("stages"), where), teacher=parse_teacher(doc.get("teacher"), where))
+
+
+def _parse_paper(paper_doc: Any, train: dict, where: str) -> dict:
+    """The paper track: per method, changes to ``train``, each checked alone and merged."""
     if not isinstance(paper_doc, dict):
         raise ConfigError(f"{where}: paper must be a mapping {{method: {{changes}}}}, got {paper_doc!r}")
     paper = {}
@@ -115,8 +121,7 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
         merged["method_hparams"] = {}
         check_train({k: v for k, v in merged.items()}, f"{where}, section 'paper.{method}' (merged)",
                     partial=False)
-    return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where,
-                  stages=parse_stages(doc.get("stages"), where), teacher=parse_teacher(doc.get("teacher"), where))
+    return paper
 
 
 def parse_stages(doc: Any, where: str) -> list[dict]:

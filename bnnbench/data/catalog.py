@@ -74,29 +74,16 @@ def _cifar_root(root: Path, folder: str) -> Path:
 
 
 def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
+    """CIFAR-10/100 in torchvision's "python version" layout (downloaded when allowed and missing)."""
     from torchvision.datasets import CIFAR10, CIFAR100  # deferred: start-up (torchvision datasets)
     base = CIFAR100 if hundred else CIFAR10
     folder = base.base_folder
     files = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
-
-    class LocalCopy(base):  # accepts copies whose md5s differ from the official archive
-        def _check_integrity(self) -> bool:
-            return present(Path(self.root))
-
-        def _load_meta(self) -> None:
-            with open(Path(self.root) / folder / self.meta["filename"], "rb") as f:
-                meta = pickle.load(f, encoding="latin1")
-            self.classes = meta[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    def present(r: Path) -> bool:
-        return all((r / folder / f).is_file() for f in files)
-
     root = _cifar_root(root, folder)
     name = "cifar100" if hundred else "cifar10"
     expected = (f"{root}/{folder}/ holding {', '.join(files)} (the official 'python version' archive, "
                 f"e.g. {base.url})")
-    if not present(root):
+    if not all((root / folder / f).is_file() for f in files):
         if not download:
             raise DataError(f"{name} not found under --data-root {root}: expected {expected}; "
                             f"download is disabled for this run")
@@ -107,22 +94,37 @@ def _cifar(root: Path, download: bool, *, hundred: bool) -> TensorData:
             raise DataError(f"{name} not found under --data-root {root} and the download failed "
                             f"({type(exc).__name__}: {exc}). Point --data-root at a folder holding "
                             f"{expected}, or at the {folder} folder itself") from None
+    local = _local_copy(base, folder, files)
     try:
-        train = LocalCopy(str(root), train=True, download=False)
-        test = LocalCopy(str(root), train=False, download=False)
+        train, test = local(str(root), train=True, download=False), local(str(root), train=False, download=False)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{name} under --data-root {root} could not be read ({type(exc).__name__}: {exc}); "
                         f"expected {expected}") from None
-
-    def to_tensor(ds) -> tuple[Tensor, Tensor]:
-        data = np.asarray(ds.data)
-        if data.ndim != 4 or data.shape[1:] != (32, 32, 3):
-            raise DataError(f"{name} under --data-root {root}: images have shape {data.shape[1:]}, "
-                            f"expected (32, 32, 3)")
-        return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
-
-    (tx, ty), (vx, vy) = to_tensor(train), to_tensor(test)
+    (tx, ty), (vx, vy) = (_hwc_to_tensors(ds, f"{name} under --data-root {root}") for ds in (train, test))
     return TensorData(tx, ty, vx, vy, 100 if hundred else 10, name)
+
+
+def _local_copy(base: type, folder: str, files: list[str]) -> type:
+    """torchvision's CIFAR class accepting copies whose md5s differ from the official archive (the files
+    must be there; their content is checked when read)."""
+    class LocalCopy(base):
+        def _check_integrity(self) -> bool:
+            return all((Path(self.root) / folder / f).is_file() for f in files)
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / folder / self.meta["filename"], "rb") as f:
+                meta = pickle.load(f, encoding="latin1")
+            self.classes = meta[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+    return LocalCopy
+
+
+def _hwc_to_tensors(ds, what: str) -> tuple[Tensor, Tensor]:
+    """(uint8 images N x 3 x 32 x 32, int64 labels) of a torchvision CIFAR dataset (N x 32 x 32 x 3)."""
+    data = np.asarray(ds.data)
+    if data.ndim != 4 or data.shape[1:] != (32, 32, 3):
+        raise DataError(f"{what}: images have shape {data.shape[1:]}, expected (32, 32, 3)")
+    return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
 
 def _mnist_family(root: Path, download: bool, *, cls_name: str) -> TensorData:

@@ -144,7 +144,8 @@ class Lighting:
 def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers: int, seed: int,
                      lighting: float = 0.1, scale=(0.08, 1.25), size: int = 224, shard=(0, 1),
                      augment: str = "imagenet", normalize: str = "imagenet"):
-    """ImageFolder train/val loaders with the ReCU/OvSW augmentations (methods_spec section 4).
+    """ImageFolder train/val loaders with the ReCU/OvSW augmentations (the ImageNet recipes'
+``augment: imagenet``).
 
     ``augment``: "imagenet" (RandomResizedCrop + flip + lighting) or "none" (the validation transform for
     training too); ``normalize``: "imagenet" or "dataset" (the same ImageNet statistics: computing them over

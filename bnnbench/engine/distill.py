@@ -1,4 +1,5 @@
-"""Knowledge distillation from a frozen full-precision teacher (the two-stage track, methods_spec 3.4).
+"""Knowledge distillation from a frozen full-precision teacher (the two-stage track,
+README "Two-stage training and distillation").
 
 Loss, with the recipe's ``distill_weight`` w and ``distill_temperature`` T::
 

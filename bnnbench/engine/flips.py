@@ -1,4 +1,4 @@
-"""Sign-flip and silent-weight tracking for every binary layer (methods_spec section 6).
+"""Sign-flip and silent-weight tracking for every binary layer (README, "What a run gives you").
 
 The tracked sign is each layer's ``effective_sign()``: the sign pattern the forward pass really uses
 (sign(W) for XNOR, Bi-Real and OvSW; sign(W - mean_c W) for IR-Net and ReCU). 0 is its own value.

@@ -1,6 +1,7 @@
 """Optimizers with the recipe's weight-decay grouping, and the learning-rate schedules as formulas.
 
-Schedules are written out (methods_spec pitfall 14: do not rely on a scheduler class's stepping order).
+Schedules are written out as formulas of the epoch, not left to a scheduler class, whose stepping order
+(per epoch or per iteration, before or after the optimizer) would silently shift the schedule by a step.
 With t the (fractional) epoch, E the epochs, W the warmup epochs and u = 1 (per-epoch) or 1/iters
 (per-iteration):
 

@@ -195,7 +195,7 @@ def sign_ede(u: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
 
 
 def sign_approx_per_sample(x: Tensor, eps: float = 1e-5, through_std: bool = True) -> Tensor:
-    """ApproxSign of the per-sample normalised input, fused (ReCU, OvSW; methods_spec section 1.3).
+    """ApproxSign of the per-sample normalised input, fused (ReCU, OvSW: their activation binarizer).
 
     forward: ``sign(x~)`` with x~ = x r, r = (Var_unbiased over (C,H,W) of each sample + eps)^(-1/2), which
     equals ``sign(x)`` because r > 0, so the forward pass never forms x~.

@@ -173,47 +173,48 @@ def load_plugins(specs: Iterable[str]) -> list[str]:
     ensure_builtins()
     return [load_plugin(spec) for spec in specs]
 
+
 def load_plugin(spec: str) -> str:
     """Load a third-party plugin from a ``.py`` file path or an importable module name.
 
-    The plugin registers itself on import (``@METHODS.register(...)``). Loading the same file twice is a
-    no-op. Returns the module name it was imported as.
+    The plugin registers itself on import (``@register_method`` / ``@METHODS.register(...)``). Loading the
+    same file twice is a no-op. Returns the module name it was imported as.
     """
     ensure_builtins()
-    path = Path(spec)
-    if spec.endswith(".py") or path.exists():
-        path = path.resolve()
-        if not path.is_file():
-            raise RegistryError(f"--plugin {spec!r}: no such file; give a .py file or an importable "
-                                f"module name (e.g. mypkg.my_method)")
-        key = str(path)
-        if key in _loaded_plugins:
-            return _loaded_plugins[key]
-        mod_name = f"bnnbench_plugin_{path.stem}_{abs(hash(key)) % 10**8}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise RegistryError(f"--plugin {spec!r}: cannot be imported as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except RegistryError:
-            del sys.modules[mod_name]
+    if spec.endswith(".py") or Path(spec).exists():
+        return _load_file(spec, Path(spec).resolve())
+    if spec not in _loaded_plugins:
+        _import(spec, f"plugin module {spec!r} (from --plugin)")
+        _loaded_plugins[spec] = spec
+    return _loaded_plugins[spec]
+
+
+def _load_file(spec: str, path: Path) -> str:
+    """Import the plugin file ``path`` under a unique module name (once per process)."""
+    if not path.is_file():
+        raise RegistryError(f"--plugin {spec!r}: no such file; give a .py file or an importable "
+                            f"module name (e.g. mypkg.my_method)")
+    key = str(path)
+    if key in _loaded_plugins:
+        return _loaded_plugins[key]
+    mod_name = f"bnnbench_plugin_{path.stem}_{abs(hash(key)) % 10**8}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise RegistryError(f"--plugin {spec!r}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException as exc:
+        del sys.modules[mod_name]
+        if isinstance(exc, RegistryError) or not isinstance(exc, (Exception, SystemExit)):
             raise
-        except SyntaxError as exc:
-            del sys.modules[mod_name]
+        if isinstance(exc, SyntaxError):
             raise RegistryError(f"plugin file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
-        except (Exception, SystemExit) as exc:
-            del sys.modules[mod_name]
-            raise RegistryError(f"plugin file {path} failed to import: "
-                                f"{describe_exception(exc, skip=('importlib',))}") from exc
-        _loaded_plugins[key] = mod_name
-        return mod_name
-    if spec in _loaded_plugins:
-        return _loaded_plugins[spec]
-    _import(spec, f"plugin module {spec!r} (from --plugin)")
-    _loaded_plugins[spec] = spec
-    return spec
+        raise RegistryError(f"plugin file {path} failed to import: "
+                            f"{describe_exception(exc, skip=('importlib',))}") from exc
+    _loaded_plugins[key] = mod_name
+    return mod_name
 
 
 def provenance(obj: Any) -> dict[str, str] | None:

@@ -96,29 +96,12 @@ def dependency_levels(todo: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]
 
 
 def submit(todo: list[tuple[Any, Any]], opts: SlurmOptions, data_root: Path, console) -> int:
-    """Submit one job per pending run; with ``wait`` wait for them and return the number that failed."""
-    try:
-        import submitit  # deferred: an optional dependency (the slurm extra)
-    except ImportError:
-        raise ConfigError("--launcher slurm needs submitit: pip install 'bnnbench[slurm]'") from None
-    if opts.executor == "slurm" and not opts.partition:
-        raise ConfigError("--launcher slurm needs --slurm-partition NAME")
-    if opts.gpus_per_run < 0:
-        raise ConfigError(f"--gpus-per-run {opts.gpus_per_run}: must be >= 0")
-    folder = Path(opts.out) / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.executor)
-    tasks = max(1, opts.gpus_per_run)
-    params: dict[str, Any] = {"timeout_min": opts.time_min, "tasks_per_node": tasks, "nodes": 1,
-                              "cpus_per_task": opts.cpus}
-    if opts.executor == "slurm":
-        params.update(slurm_partition=opts.partition, slurm_gpus_per_node=opts.gpus_per_run,
-                      slurm_array_parallelism=opts.array_parallelism, slurm_signal_delay_s=120)
-    else:
-        params["gpus_per_node"] = opts.gpus_per_run
-    executor.update_parameters(name="bnnbench", **params)
+    """Submit one job per pending run (runs that depend on runs: one job array per dependency level, after
+    the level before); with ``wait`` wait for them and return the number that failed."""
+    executor, folder = _executor(opts)
     job = RunJob(str(opts.out), str(data_root), opts.device, list(opts.plugins))
     jobs, before = [], []
-    for level in dependency_levels(todo):  # runs that depend on runs: one job array per level, after the last
+    for level in dependency_levels(todo):
         if before and opts.executor == "slurm":
             executor.update_parameters(slurm_additional_parameters={
                 "dependency": "afterany:" + ":".join(sorted({j.job_id.split("_")[0] for j in before}))})
@@ -131,8 +114,34 @@ def submit(todo: list[tuple[Any, Any]], opts: SlurmOptions, data_root: Path, con
         jobs += before
     console.print(f"{len(jobs)} jobs submitted; logs in {folder.parent}; "
                   f"`run_bench.py report --out {opts.out}` builds the leaderboard as they finish")
-    if not opts.wait:
-        return 0
+    return _wait(jobs, console) if opts.wait else 0
+
+
+def _executor(opts: SlurmOptions):
+    """(a submitit executor set up from ``opts``, its log folder); bad options are errors naming the flag."""
+    try:
+        import submitit  # deferred: an optional dependency (the slurm extra)
+    except ImportError:
+        raise ConfigError("--launcher slurm needs submitit: pip install 'bnnbench[slurm]'") from None
+    if opts.executor == "slurm" and not opts.partition:
+        raise ConfigError("--launcher slurm needs --slurm-partition NAME")
+    if opts.gpus_per_run < 0:
+        raise ConfigError(f"--gpus-per-run {opts.gpus_per_run}: must be >= 0")
+    folder = Path(opts.out) / "slurm" / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.executor)
+    params: dict[str, Any] = {"timeout_min": opts.time_min, "tasks_per_node": max(1, opts.gpus_per_run),
+                              "nodes": 1, "cpus_per_task": opts.cpus}
+    if opts.executor == "slurm":
+        params.update(slurm_partition=opts.partition, slurm_gpus_per_node=opts.gpus_per_run,
+                      slurm_array_parallelism=opts.array_parallelism, slurm_signal_delay_s=120)
+    else:
+        params["gpus_per_node"] = opts.gpus_per_run
+    executor.update_parameters(name="bnnbench", **params)
+    return executor, folder
+
+
+def _wait(jobs: list, console) -> int:
+    """Wait for every job and print its outcome; the number of runs that failed (or whose job failed)."""
     bad = 0
     for j in jobs:
         try:

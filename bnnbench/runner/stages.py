@@ -1,4 +1,5 @@
-"""Runs that depend on runs: a recipe's ``teacher`` and ``stages`` (the two-stage track, methods_spec 3.4).
+"""Runs that depend on runs: a recipe's ``teacher`` and ``stages`` (the two-stage track, README "Two-stage
+training and distillation").
 
 A recipe may declare, next to ``train``::
 
@@ -87,16 +88,11 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
     stage_train = [settings(st["train"], st["name"]) for st in stage_list]
     runs, ref, carried = [], {}, {}
     if any(t["distill_weight"] > 0 for t in stage_train):
-        if teacher is None:
-            raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
-        if "torchvision" in teacher:
-            ref = {"torchvision": teacher["torchvision"]}
-        else:
-            shared = {"method": teacher["method"]} if teacher.get("method") else {}
-            kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
-            t = make(settings(teacher["train"], "teacher", TEACHER_FORCED), kept, stage="teacher", **shared)
-            runs.append(t)
-            ref, carried["teacher"] = reference(t), _prefixed("teacher", scoped)
+        teacher_run, ref = _teacher(teacher, changes, scoped, make, lambda tr: settings(tr, "teacher", TEACHER_FORCED),
+                                    where)
+        if teacher_run is not None:
+            runs.append(teacher_run)
+            carried["teacher"] = _prefixed("teacher", scoped)
     for st, s_train in zip(stage_list, stage_train):
         fields = {"stage": st["name"], "teacher": ref if s_train["distill_weight"] > 0 else {}}
         inherited = dict(carried["teacher"]) if fields["teacher"] and "teacher" in carried else {}
@@ -106,6 +102,19 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
         carried[st["name"]] = {**inherited, **_prefixed(st["name"], scoped)}
         runs.append(make(s_train, {**changes, **inherited, **scoped.get(st["name"], {})}, **fields))
     return runs
+
+
+def _teacher(teacher: dict | None, changes: dict, scoped: dict[str, dict], make: Callable[..., Any],
+             settings: Callable[[dict], dict], where: str) -> tuple[Any, dict]:
+    """(the teacher run, or None for a torchvision teacher; how the students name it)."""
+    if teacher is None:
+        raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
+    if "torchvision" in teacher:
+        return None, {"torchvision": teacher["torchvision"]}
+    shared = {"method": teacher["method"]} if teacher.get("method") else {}
+    kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
+    run = make(settings(teacher["train"]), kept, stage="teacher", **shared)
+    return run, reference(run)
 
 
 def _prefixed(scope: str, scoped: dict[str, dict]) -> dict:

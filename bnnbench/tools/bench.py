@@ -163,7 +163,6 @@ def run(args, console) -> int:
     ARCHITECTURES.get(args.arch, source="--arch")
     names = args.methods or METHODS.names()
     spec = ARCHITECTURES.get(args.arch)
-    results = {}
     console.print(f"bench: {args.arch} batch {args.batch} on {device} ({torch.get_num_threads()} threads, "
                   f"{args.memory_format}), "
                   f"median of {args.steps} steps per case, taken round-robin after {args.warmup} warm-up"
@@ -173,7 +172,22 @@ def run(args, console) -> int:
     results = bench_methods(methods, args.arch, args.batch, device, args.steps, args.warmup,
                             MEMORY_FORMATS[args.memory_format])
     loader_ips = bench_loader(args.batch, device)
-    table = Table(title=f"training step, {args.arch}, batch {args.batch}, {device}")
+    print_results(results, loader_ips, f"training step, {args.arch}, batch {args.batch}, {device}", console)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "arch": args.arch, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+            "steps": args.steps, "warmup": args.warmup, "memory_format": args.memory_format,
+            "keep_freed_memory": kept, "methods": results,
+            "loader_images_per_s": loader_ips}, indent=2) + "\n")
+        console.print(f"written to {args.json}")
+    return 0
+
+
+def print_results(results: dict, loader_ips: float, title: str, console) -> None:
+    """The per-method table and the loader's throughput against the fastest training step."""
+    table = Table(title=title)
     for c in ("method", "step ms", "min-max ms", "img/s", "x FP", "x FP IQR", "hook ms", "flip ms", "hook+flip %",
               "eval img/s"):
         table.add_column(c, justify="right")
@@ -188,13 +202,3 @@ def run(args, console) -> int:
     best_train = max(r["images_per_s"] for r in results.values())
     console.print(f"CIFAR loader (crop+flip+normalise): {loader_ips:.0f} img/s = "
                   f"{loader_ips / best_train:.1f}x the fastest training step")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "arch": args.arch, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "steps": args.steps, "warmup": args.warmup, "memory_format": args.memory_format,
-            "keep_freed_memory": kept, "methods": results,
-            "loader_images_per_s": loader_ips}, indent=2) + "\n")
-        console.print(f"written to {args.json}")
-    return 0
