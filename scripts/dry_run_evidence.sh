@@ -17,13 +17,16 @@ fi
 echo "  (skipped in a dry run: \$*)"
 SHIM
 chmod +x "$shim"
+# a script's `| tee FILE` must not overwrite its committed output with the dry run's lines
+tee() { cat; }
+export -f tee
 bad=0
 for cmd in "${@:-results/*/COMMAND.sh}"; do
   for f in $cmd; do
     # only scripts that train (a run_bench.py line that is not report/bench/deploy-bench/evaluate/export)
     grep -E 'run_bench\.py' "$f" | grep -qvE 'run_bench\.py (report|bench|deploy-bench|evaluate|export)' || continue
     echo "== $f"
-    PY="$shim" bash "$f" 2>&1 | tee "$log" | grep -E "runs: |skipped in a dry run" || true
+    PY="$shim" bash "$f" 2>&1 | command tee "$log" | grep -E "runs: |skipped in a dry run" || true
     if grep -q "would run" "$log" || ! grep -q "runs: " "$log"; then
       echo "   FAIL: $f would train runs (or planned none):"; grep "would run\|error" "$log" | head -5; bad=1
     fi

@@ -3,7 +3,7 @@
 Reads the finished runs of results/cifar10-cpu (single stage, 8 epochs) and results/cifar10-twostage
 (stage 2 rows after 4 + 4 epochs; KD variants told apart by their teacher run's epochs), final-epoch top-1
 on the 10,000 test images, seeds 0 and 1, and prints a Markdown table: mean with 95% interval per variant,
-and each variant's paired difference to single-stage with Holm-corrected p-values (bnnbench/stats.py).
+and each variant's paired difference to single-stage with Holm-corrected p-values (bnnbench/report/stats.py).
 Run from the repository root:
     .venv/bin/python results/cifar10-twostage/compare.py
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bnnbench.stats import compare, holm, mean_interval  # noqa: E402
+from bnnbench.report.stats import compare, holm, mean_interval  # noqa: E402
 from bnnbench.store import RunDir  # noqa: E402
 
 SEEDS = (0, 1)

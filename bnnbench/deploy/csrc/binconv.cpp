@@ -1,6 +1,6 @@
 // Bit-packed binary convolution (XNOR-popcount) for 1-bit inference on x86-64 CPUs.
 //
-// Operands (bnnbench/kernels.py packs them):
+// Operands (bnnbench/deploy/kernels.py packs them):
 //   activations  uint64 [N, H, W, Wd]            bit j of word k = (x[n, 64k + j, h, w] < 0)
 //   weights      uint64 [Ob, KH*KW, Wd, L]       bit j of word k = (W[o, 64k + j, ky, kx] < 0),
 //                                                o = ob * L + lane (output channels padded to L = 32)
