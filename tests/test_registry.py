@@ -123,3 +123,25 @@ def test_a_methods_folder_in_the_current_directory_neither_shadows_nor_loads(tmp
     for name in ("xnor", "bireal", "irnet", "recu", "ovsw", "cresnet20", "resnet18"):
         assert f"  {name} " in r.stdout, r.stdout
     assert "user folder" not in r.stdout + r.stderr
+
+
+def test_every_way_of_registering_runs_the_same_checks():
+    """``@METHODS.register("name")`` refuses what ``@register_method`` refuses, and a name that differs from
+    the class's own ``name``; ``ARCHITECTURES.register`` takes only an ArchSpec under its own name."""
+    from bnnbench.plugins import ArchSpec, Method
+
+    class NoConv(Method):
+        name = "noconv_reg"
+    with pytest.raises(RegistryError, match="sets no conv_class"):
+        METHODS.register("noconv_reg", NoConv)
+    with pytest.raises(RegistryError, match="name attribute is 'noconv_reg'"):
+        METHODS.register("other_name", NoConv)
+    with pytest.raises(RegistryError, match="must be a Method subclass"):
+        METHODS.register("not_a_method", object)
+    with pytest.raises(RegistryError, match="must be an ArchSpec"):
+        ARCHITECTURES.register("not_an_arch", object())
+    spec = ArchSpec(name="a_reg", build=lambda *a, **k: None, family="cifar", input_size=(3, 32, 32),
+                    description="", scope="")
+    with pytest.raises(RegistryError, match="is registered as 'b_reg'"):
+        ARCHITECTURES.register("b_reg", spec)
+    assert "noconv_reg" not in METHODS and "b_reg" not in ARCHITECTURES
