@@ -12,7 +12,8 @@ from bnnbench.config.recipes import load_recipe
 from bnnbench.config.spec import RunSpec
 from bnnbench.engine import train_run
 from bnnbench.errors import ConfigError, RunError
-from bnnbench.report.tables import build_tables, collect, print_console
+from bnnbench.report.console import print_console
+from bnnbench.report.tables import build_tables, collect
 from bnnbench.runner import plan
 from bnnbench.store import RunDir
 

@@ -3,7 +3,7 @@
     run_bench.py --methods M [M ...] [--archs A ...] [--recipe R] [--track unified|paper] [--seeds N]
                  [--epochs E] [--set key=value ...] [--hp method.key=value ...] [--data-root DIR]
                  [--device auto|cpu|cuda] [--out DIR] [--plugin PATH_OR_MODULE] [--force] [--dry-run]
-    run_bench.py list | report | evaluate | export | bench | deploy-bench     (``run_bench.py --help``)
+    run_bench.py list | report | evaluate | export | bench | deploy-bench | summary   (``run_bench.py --help``)
 
 Without a command, ``run`` is meant. This module only parses flags and calls the suite: a sweep is planned
 by :func:`bnnbench.runner.plan` from a :class:`~bnnbench.runner.SweepRequest` built here, run by
@@ -28,10 +28,12 @@ from bnnbench.engine.loggers import check_loggers
 from bnnbench.errors import BnnBenchError, ConfigError
 from bnnbench.paths import default_data_root
 from bnnbench.plugins import ARCHITECTURES, METHODS, load_plugins
+from bnnbench.report.console import CONSOLE_COLUMNS, check_columns
+from bnnbench.report.console import DEFAULT as DEFAULT_COLUMNS
 from bnnbench.report.publish import publish
 from bnnbench.runner import SlurmOptions, SweepRequest, parse_assignments, plan, run_sweep, submit
 from bnnbench.store import RunDir, check_writable
-from bnnbench.tools import bench, deploy_bench
+from bnnbench.tools import bench, deploy_bench, summary
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
 
@@ -44,7 +46,7 @@ def _console() -> Console:
 
 
 DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
-COMMANDS = ("run", "report", "evaluate", "export", "bench", "deploy-bench", "list")
+COMMANDS = ("run", "report", "evaluate", "export", "bench", "deploy-bench", "summary", "list")
 
 
 def add_plugin_argument(p: argparse.ArgumentParser, why: str = "") -> None:
@@ -77,6 +79,9 @@ def build_main_parser() -> argparse.ArgumentParser:
     add_plugin_argument(deploy_bench.add_arguments(sub.add_parser(
         "deploy-bench", help="measure 1-bit inference (bit-packed XNOR-popcount kernels) against FP32, per "
         "binary layer and end to end, with the exactness check", description=deploy_bench.__doc__.split("\n\n")[0])))
+    add_plugin_argument(summary.add_arguments(sub.add_parser(
+        "summary", help="per-layer model summary: shapes, parameters, MACs/BOPs, memory at 1 and 32 bit, totals",
+        description=summary.__doc__.split("\n\n")[0])))
     add_plugin_argument(sub.add_parser("list", help="list methods, backbones and recipes"))
     return p
 
@@ -108,6 +113,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         "torch.compile); the same as --set deterministic=true, part of the runs' identity")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     add_plugin_argument(p)
+    add_console_arguments(p)
     p.add_argument("--force", action="store_true", help="rerun runs that are already done")
     p.add_argument("--dry-run", action="store_true", help="show the run matrix and what would run")
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
@@ -132,8 +138,17 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wait", action="store_true", help="wait for the submitted jobs and print the leaderboard")
 
 
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    """``--columns`` / ``--wide``: what the terminal's leaderboard shows (``run`` and ``report``)."""
+    p.add_argument("--columns", nargs="+", metavar="ID", default=None,
+                   help=f"the terminal's columns (default: {' '.join(DEFAULT_COLUMNS)}); ids: "
+                        f"{', '.join(CONSOLE_COLUMNS)}. The files always hold every column")
+    p.add_argument("--wide", action="store_true", help="show every column in the terminal")
+
+
 def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``report`` command's flags."""
+    add_console_arguments(p)
     p.add_argument("--out", type=Path, default=Path("results"),
                    help="results folder holding runs/ (default: results); the leaderboard files go here")
     p.add_argument("--format", default="rich", choices=["rich", "md", "csv", "latex", "json", "html"],
@@ -201,6 +216,7 @@ def published(method: str) -> list[dict]:
 
 
 def cmd_run(args, console) -> int:
+    check_columns(args.columns)
     specs, recipe = plan(sweep_request(args))
     check_loggers(args.logger)
     device = args.device if args.launcher == "slurm" else (ddp.setup(args.device) or resolve_device(args.device))
@@ -229,7 +245,7 @@ def cmd_run(args, console) -> int:
         return EXIT_PREEMPTED
     if not ddp.is_main():
         return EXIT_RUN_FAILED if failures else 0
-    files, plots = publish(args.out, console, "rich", published=published)
+    files, plots = publish(args.out, console, "rich", published=published, columns=args.columns, wide=args.wide)
     console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
                   + f"; {len(plots)} plots in {args.out / 'plots'}")
     return EXIT_RUN_FAILED if failures else 0
@@ -259,7 +275,8 @@ def cmd_report(args, console) -> int:
         raise ConfigError(f"report --out {args.out}: is a file; give the results folder (the one holding runs/)")
     if not (args.out / "runs").is_dir():
         raise ConfigError(f"report --out {args.out}: no runs/ folder there; give the --out of a run_bench.py run")
-    publish(args.out, console, args.format, args.baseline, published=published)
+    publish(args.out, console, args.format, args.baseline, published=published, columns=args.columns,
+            wide=args.wide)
     return 0
 
 
@@ -273,6 +290,8 @@ def _dispatch(args, console) -> int:
         return bench.run(args, console)
     if args.command == "deploy-bench":
         return deploy_bench.run(args, console)
+    if args.command == "summary":
+        return summary.run(args, console)
     if args.command == "list" or args.list:
         return cmd_list(console)
     try:

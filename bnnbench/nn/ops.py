@@ -69,23 +69,61 @@ def is_binary(m: nn.Module) -> bool:
     return isinstance(m, BinaryConv2d) and m.binary_inputs and m.binary_weights
 
 
-def count_ops(model: nn.Module, input_size: tuple[int, int, int]) -> OpCounts:
-    """Count parameters and MACs of ``model`` for one input of shape ``input_size`` = (C, H, W)."""
-    macs = {"binary": 0, "fp": 0}
+@dataclass
+class LayerRow:
+    """One module of a model summary: a conv or linear layer, or any module holding parameters of its own."""
+    name: str
+    kind: str                       # binary conv, FP conv, linear, norm, activation, other
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    params: int
+    binary_params: int
+    macs: int                       # multiply-accumulates (binary ones are the BOPs)
 
-    def conv_hook(m: nn.Conv2d, inp, out):
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        macs["binary" if is_binary(m) else "fp"] += out[0].numel() * k
+    @property
+    def bytes_1bit(self) -> float:
+        """Its parameters with binary weights at 1 bit and the rest at 32 bit."""
+        return (self.binary_params + 32 * (self.params - self.binary_params)) / 8
 
-    def linear_hook(m: nn.Linear, inp, out):
-        macs["fp"] += m.in_features * m.out_features * (out[0].numel() // m.out_features)
+    @property
+    def bytes_32bit(self) -> int:
+        return 4 * self.params
 
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+
+def _kind(m: nn.Module) -> str:
+    if is_binary(m):
+        return "binary conv"
+    if isinstance(m, nn.Conv2d):
+        return "FP conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+        return "norm"
+    return "activation" if isinstance(m, (nn.PReLU, nn.Hardtanh, nn.ReLU)) else "other"
+
+
+def _macs(m: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one conv or linear layer for one input (``out``: its output for a batch of one)."""
+    if isinstance(m, nn.Conv2d):
+        return out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+    if isinstance(m, nn.Linear):
+        return m.in_features * m.out_features * (out[0].numel() // m.out_features)
+    return 0
+
+
+def layer_rows(model: nn.Module, input_size: tuple[int, int, int]) -> list[LayerRow]:
+    """Every conv and linear layer and every module with parameters of its own, in module order, with its
+    shapes (batch of one), parameters, binary parameters and MACs: the one op counter behind
+    :func:`count_ops` (the leaderboard's OPs and size) and ``run_bench.py summary``."""
+    shapes: dict[str, tuple] = {}
+    picked = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) or any(True for _ in m.parameters(recurse=False))]
+
+    def hook(name):
+        def record(m, inp, out):
+            shapes[name] = (tuple(inp[0].shape[1:]) if inp else None, tuple(out.shape[1:]), _macs(m, out))
+        return record
+    handles = [m.register_forward_hook(hook(n)) for n, m in picked]
     was_training = model.training
     model.eval()
     try:
@@ -96,6 +134,17 @@ def count_ops(model: nn.Module, input_size: tuple[int, int, int]) -> OpCounts:
         for h in handles:
             h.remove()
         model.train(was_training)
-    params = sum(p.numel() for p in model.parameters())
-    binary = sum(m.weight.numel() for m in model.modules() if is_binary(m))
-    return OpCounts(params, binary, macs["binary"], macs["fp"], tuple(input_size))
+    rows = []
+    for n, m in picked:
+        own = sum(q.numel() for q in m.parameters(recurse=False))
+        inp, out, macs = shapes.get(n, (None, None, 0))
+        rows.append(LayerRow(n or "(model)", _kind(m), inp, out, own, m.weight.numel() if is_binary(m) else 0, macs))
+    return rows
+
+
+def count_ops(model: nn.Module, input_size: tuple[int, int, int]) -> OpCounts:
+    """Count parameters and MACs of ``model`` for one input of shape ``input_size`` = (C, H, W)."""
+    rows = layer_rows(model, input_size)
+    return OpCounts(sum(r.params for r in rows), sum(r.binary_params for r in rows),
+                    sum(r.macs for r in rows if r.kind == "binary conv"),
+                    sum(r.macs for r in rows if r.kind != "binary conv"), tuple(input_size))

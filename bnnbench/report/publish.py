@@ -7,19 +7,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bnnbench.errors import ConfigError, did_you_mean, warn_to
+from bnnbench.report.console import check_columns, print_console
 from bnnbench.report.html import render_html
 from bnnbench.report.plots import plot_all
-from bnnbench.report.tables import build_tables, collect, print_console, render, write_reports
+from bnnbench.report.tables import build_tables, collect, render, write_reports
 from bnnbench.store import atomic_write_text
 
 
 def publish(out: Path, console, fmt: str, baseline: str | None = None,
-            published: Callable[[str], list[dict]] | None = None) -> tuple[dict, list]:
+            published: Callable[[str], list[dict]] | None = None, columns: list[str] | None = None,
+            wide: bool = False) -> tuple[dict, list]:
     """Collect the runs under ``out``, print the leaderboard in ``fmt`` and write its files and plots.
 
     The table is printed first; files that cannot be written (read-only folder, full disk) are reported as
-    warnings, not tracebacks. ``published``: a method's published numbers (see :func:`build_tables`).
+    warnings, not tracebacks. ``published``: a method's published numbers (see :func:`build_tables`);
+    ``columns`` / ``wide``: the console's columns (:mod:`bnnbench.report.console`; the files keep all).
     """
+    check_columns(columns)
     warn = warn_to(console)
     runs = collect(out, warn)
     tables = build_tables(runs, baseline, published)
@@ -28,7 +32,7 @@ def publish(out: Path, console, fmt: str, baseline: str | None = None,
         raise ConfigError(f"--baseline {baseline!r} is no row of the leaderboard{did_you_mean(baseline, labels)}; "
                           f"rows: {', '.join(labels) or '(none)'}")
     if fmt == "rich":
-        print_console(tables, console)
+        print_console(tables, console, columns, wide)
     elif fmt != "html":
         sys.stdout.write(render(tables, fmt))
         sys.stdout.flush()

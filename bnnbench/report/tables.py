@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from rich.markup import escape
-from rich.table import Table
 from tabulate import tabulate
 
 from bnnbench.config.spec import RunResult, variant_label
@@ -117,7 +115,13 @@ def row_labels(runs: list[RunResult]) -> dict[str, str]:
     return {r.group: label(r) if len(by_label[label(r)]) == 1 else f"{label(r)}#{r.group[:6]}" for r in runs}
 
 
-def _fmt_si(x: float | None) -> str:
+def fmt_size(nbytes: float | None) -> str:
+    """The leaderboard's bit-packed size: MiB with two decimals."""
+    return "-" if nbytes is None else f"{nbytes / 2**20:.2f} MiB"
+
+
+def fmt_si(x: float | None) -> str:
+    """The leaderboard's OPs: three significant digits with K / M / G."""
     if x is None:
         return "-"
     for unit, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -270,27 +274,39 @@ def cells(row: dict, cols: list[str]) -> list[str]:
              "silent %": "-" if row["silent"] is None else f"{row['silent']:.2f}",
              "flip %": "-" if row["flip"] is None else f"{row['flip']:.2f}",
              "binary params %": "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
-             "OPs": _fmt_si(row["ops"]),
-             "size": "-" if row["packed_bytes"] is None else f"{row['packed_bytes'] / 2**20:.2f} MiB",
+             "OPs": fmt_si(row["ops"]),
+             "size": fmt_size(row["packed_bytes"]),
              "1-bit ms (b1, CPU)": "-" if row.get("deploy_ms") is None else f"{row['deploy_ms']:.3f}",
              "x FP32": "-" if row.get("deploy_speedup") is None else f"{row['deploy_speedup']:.2f}",
              "epochs": str(row["epochs_run"]), "wall/run": _fmt_time(row["wall"]), "img/s": f"{row['ips']:.0f}"}
     return [cells[c] for c in cols]
 
 
-NOTES = ("top1 final: last-epoch test top-1, mean ± 95% confidence half-width over n seeds (Student t; '–': one "
-         "seed, no interval). top1 best: best-epoch top-1, what the papers report; choosing the best epoch on the "
-         "test set is optimistic. rank: 1 + the rows of the table significantly better (pairwise t-tests, paired "
-         "on common seeds, Welch otherwise, Holm-corrected over the table's pairs, alpha 0.05); rows not "
-         "significantly different from the best share rank 1, and one seed per row never separates rows. "
-         "Δ vs baseline: difference to the baseline row with its 95% interval and Holm-corrected p (same tests). "
-         "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
-         "(n/c: not comparable). silent %: binary weights whose effective sign never flipped; flip %: weights "
-         "that flipped at least once in the last epoch. OPs = FLOPs + BOPs/64 per image; size: binary weights "
-         "at 1 bit, other parameters at 32 bit. 1-bit ms: measured latency of the run's exported model at batch 1 "
-         "on the CPU that trained it (bit-packed XNOR-popcount kernels, bnnbench/deploy/kernels.py; median over runs); "
-         "x FP32: speed-up over the same network with FP32 convolutions on that CPU, same threads; '-': not "
-         "measured (the row's footnote says why).")
+#: what each column means, by its header: the files print them all (``NOTES``), the console only the shown ones
+COLUMN_NOTES = {
+    "top1 final": "top1 final: last-epoch test top-1, mean ± 95% confidence half-width over n seeds (Student t; "
+                  "'–': one seed, no interval).",
+    "top1 best": "top1 best: best-epoch top-1, what the papers report; choosing the best epoch on the test set is "
+                 "optimistic.",
+    "rank": "rank: 1 + the rows of the table significantly better (pairwise t-tests, paired on common seeds, Welch "
+            "otherwise, Holm-corrected over the table's pairs, alpha 0.05); rows not significantly different from "
+            "the best share rank 1, and one seed per row never separates rows.",
+    "Δ final vs baseline": "Δ vs baseline: difference to the baseline row with its 95% interval and "
+                           "Holm-corrected p (same tests).",
+    "gap": "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
+           "(n/c: not comparable).",
+    "silent %": "silent %: binary weights whose effective sign never flipped;",
+    "flip %": "flip %: weights that flipped at least once in the last epoch.",
+    "OPs": "OPs = FLOPs + BOPs/64 per image;",
+    "size": "size: binary weights at 1 bit, other parameters at 32 bit.",
+    "1-bit ms (b1, CPU)": "1-bit ms: measured latency of the run's exported model at batch 1 on the CPU that "
+                          "trained it (bit-packed XNOR-popcount kernels, bnnbench/deploy/kernels.py; median over "
+                          "runs);",
+    "x FP32": "x FP32: speed-up over the same network with FP32 convolutions on that CPU, same threads; '-': not "
+              "measured (the row's footnote says why).",
+    "wall/run": "wall/run: wall-clock time per run.",
+}
+NOTES = " ".join(v for k, v in COLUMN_NOTES.items() if k != "wall/run")
 
 
 def deploy_notes(tables: list[dict]) -> str:
@@ -339,20 +355,3 @@ def write_reports(out: Path, tables: list[dict]) -> dict[str, Path]:
         atomic_write_text(out / name, render(tables, fmt))
         files[fmt] = out / name
     return files
-
-
-def print_console(tables: list[dict], console) -> None:
-    if not tables:
-        console.print("No finished runs.")
-    for t in tables:
-        table = Table(title=t["title"], title_justify="left")
-        cols = columns([t])
-        for c in cols:
-            table.add_column(c, justify="left" if c == "method" else "right")
-        for row in t["rows"]:
-            table.add_row(*(escape(c) for c in cells(row, cols)))
-        console.print(table)
-    if tables:
-        console.print(escape(NOTES), soft_wrap=True, style="dim")
-        if deploy_notes(tables):
-            console.print(escape(deploy_notes(tables)), soft_wrap=True, style="yellow")
