@@ -1,4 +1,5 @@
-"""The HTML report renders in a real browser (headless Chromium): tables, every image, no console message."""
+"""The HTML report renders in a real browser (headless Chromium): tables, every image decoded, no horizontal
+overflow at 1280 px, no console message."""
 import re
 import shutil
 import subprocess
@@ -27,13 +28,16 @@ def test_html_report_renders_in_chromium(tmp_path, tiny_cifar, capsys):
     r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
                         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-                        "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                        "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     dom = r.stdout
-    body = re.search(r'<body data-images="(\d+)" data-loaded="(\d+)"', dom)
+    body = re.search(r'<body data-images="(\d+)" data-loaded="(\d+)" data-scrollwidth="(\d+)" '
+                     r'data-viewport="(\d+)"', dom)
     assert body, "the page's script did not run: " + dom[:500]
-    n_images, n_loaded = map(int, body.groups())
+    n_images, n_loaded, scroll_width, viewport = map(int, body.groups())
+    assert 1200 < viewport <= 1280 and scroll_width <= viewport  # no horizontal overflow at 1280 px
+    assert dom.count('class="scroll"') == 3 * 2 and 'class="kv"' in dom  # wide tables scroll in their own box
     plots = len(list((tmp_path / "plots").glob("*.png")))
     assert n_images == plots == n_loaded == 2 + 2 + 4  # curves and flips per table, 4 silent histograms
     assert dom.count('class="leaderboard"') == 2 and "ovsw[ags=False,sad=False]" in dom

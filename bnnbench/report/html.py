@@ -17,11 +17,17 @@ from bnnbench.report.plots import curve_stem
 from bnnbench.report.tables import NOTES, StoredRun, cells, columns, deploy_notes, row_labels
 
 STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:32px}
-table{border-collapse:collapse;margin:8px 0}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}h1{font-size:22px}
+h2{font-size:17px;margin-top:32px;overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%;margin:8px 0;border-right:1px solid #eee}
+table{border-collapse:collapse}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
 th{background:#f1f1f1;cursor:pointer;user-select:none}td:first-child,th:first-child{text-align:left}
-.notes{color:#555;font-size:12px;max-width:1100px}img{max-width:640px;margin:4px;border:1px solid #ddd}
+.scroll>table>*>tr>:first-child{position:sticky;left:0;z-index:1;background:#fff;box-shadow:1px 0 0 #ccc}
+.scroll>table>thead>tr>:first-child{background:#f1f1f1}
+table.kv{margin:0;font-size:12px}table.kv td{border:none;padding:0 6px 0 0;text-align:left}
+table.kv td:first-child{color:#666;position:static;box-shadow:none}
+.notes{color:#555;font-size:12px;max-width:1100px}img{max-width:min(640px,100%);margin:4px;border:1px solid #ddd}
 code{font-size:12px}details{margin:6px 0}
 """
 
@@ -32,8 +38,9 @@ const dir=th.dataset.dir==='asc'?-1:1;th.dataset.dir=dir===1?'asc':'desc';
 [...b.rows].sort((x,y)=>{const a=x.cells[i].textContent,c=y.cells[i].textContent,na=num(a),nc=num(c);
 return dir*((na!==null&&nc!==null)?na-nc:a.localeCompare(c))}).forEach(r=>b.appendChild(r))}
 document.querySelectorAll('th').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
-window.addEventListener('load',()=>{const imgs=[...document.images];
-document.body.dataset.images=imgs.length;document.body.dataset.loaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length});
+window.addEventListener('load',()=>{const imgs=[...document.images],d=document.body.dataset;
+d.images=imgs.length;d.loaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;
+d.scrollwidth=document.documentElement.scrollWidth;d.viewport=document.documentElement.clientWidth});
 """
 
 
@@ -42,10 +49,32 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+class Html(str):
+    """A cell that is already HTML (a nested key/value table), put in as it is."""
+
+
+def _cell(c) -> str:
+    return c if isinstance(c, Html) else html.escape(str(c))
+
+
 def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """A table in its own horizontally scrolling box (its first column stays in view)."""
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _kv(d) -> Html:
+    """A mapping as a small key/value table ("-" when empty); nested values as compact JSON."""
+    if not d:
+        return Html("-")
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_value(v))}</td></tr>"
+                   for k, v in sorted(d.items()))
+    return Html(f'<table class="kv">{rows}</table>')
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 
 def _section(t: dict, runs: list[StoredRun], plots: Path) -> str:
@@ -64,7 +93,7 @@ def _section(t: dict, runs: list[StoredRun], plots: Path) -> str:
         first.setdefault(s.result.group, s.result)
     parts.append("<h3>Hyperparameters</h3>" + _table(
         ["row", "method hyperparameters", "changes from the recipe"],
-        [[labels[g], json.dumps(dict(r.method_hparams), sort_keys=True), json.dumps(dict(r.changes), sort_keys=True)]
+        [[labels[g], _kv(r.method_hparams), _kv(r.changes)]
          for g, r in sorted(first.items(), key=lambda kv: labels[kv[0]])]))
     parts.append("<h3>Runs</h3>" + _table(
         ["run", "row", "seed", "status", "git commit", "command", "device", "torch", "bnnbench", "wall s"],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bnnbench.report.stats import mean_interval
 from bnnbench.report.tables import row_labels
 from bnnbench.store import FLIPS, INIT_WEIGHTS, RESULT, RunDir, load_torch
 
@@ -27,16 +28,23 @@ def _plt():
     return plt
 
 
-def _group_runs(runs: list) -> dict[tuple, dict[str, object]]:
-    """{(recipe, track, backbone, epochs, full data): {row label: the StoredRun of its first seed}}."""
+def _group_runs(runs: list) -> dict[tuple, dict[str, list]]:
+    """{(recipe, track, backbone, epochs, full data): {row label: the finished StoredRuns of its seeds}}."""
     labels = row_labels([s.result for s in runs])
-    groups: dict[tuple, dict[str, object]] = defaultdict(dict)
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for s in sorted(runs, key=lambda s: (s.result.seed, s.name)):
         r = s.result
-        if r.status != "done":
-            continue
-        groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))].setdefault(labels[r.group], s)
+        if r.status == "done":
+            groups[(r.recipe, r.track, r.backbone, r.epochs, bool(r.full_data))][labels[r.group]].append(s)
     return groups
+
+
+def seed_band(series: list[dict[int, float]]) -> tuple[list[int], list[float], list[float] | None]:
+    """(epochs every seed reached, mean over the seeds, 95% half-width per epoch or None for one seed)."""
+    epochs = sorted(set.intersection(*(set(s) for s in series)))
+    stats = [mean_interval([s[e] for s in series]) for e in epochs]
+    halves = [i.half for i in stats] if len(series) > 1 else None
+    return epochs, [i.mean for i in stats], halves
 
 
 def curve_stem(recipe: str, track: str, backbone: str, epochs: int, full: bool) -> str:
@@ -56,7 +64,8 @@ def _load(path: Path):
 
 
 def plot_curves(runs: list, out: Path) -> dict[Path, int]:
-    """Accuracy and flip-ratio curves per recipe x track x backbone; returns {file: number of lines}."""
+    """Accuracy and flip-ratio curves per recipe x track x backbone: per row the mean over its seeds with a
+    shaded 95% band (Student t, as the leaderboard's intervals); returns {file: number of lines}."""
     plt = _plt()
     out = Path(out) / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -68,14 +77,18 @@ def plot_curves(runs: list, out: Path) -> dict[Path, int]:
             fig, ax = plt.subplots(figsize=(6.4, 4.0))
             n = 0
             for label in sorted(by_method):
-                run = by_method[label]
-                if key == "flip_any" and run.result.flip_any is None:
-                    continue   # real-valued weights (a teacher, stage 1): no flips to plot, bnnbench/engine/flips.py
-                rows = RunDir(run.path).read_metrics()
-                xs = [r["epoch"] + 1 for r in rows if r.get(key) is not None]
-                ys = [scale * r[key] for r in rows if r.get(key) is not None]
+                seeds = [s for s in by_method[label] if not (key == "flip_any" and s.result.flip_any is None)]
+                if not seeds:   # real-valued weights (a teacher, stage 1): no flips, bnnbench/engine/flips.py
+                    continue
+                series = [{r["epoch"] + 1: scale * r[key] for r in RunDir(s.path).read_metrics()
+                           if r.get(key) is not None} for s in seeds]
+                xs, ys, half = seed_band([s for s in series if s])
                 if xs:
-                    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
+                    line, = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None,
+                                    label=f"{label} (n={len(seeds)})" if len(seeds) > 1 else label)
+                    if half is not None:
+                        ax.fill_between(xs, [y - h for y, h in zip(ys, half)], [y + h for y, h in zip(ys, half)],
+                                        color=line.get_color(), alpha=0.2, linewidth=0)
                     n += 1
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
