@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_recipe
 from rich.console import Console
 
 from bnnbench.errors import ConfigError
@@ -73,6 +73,24 @@ def test_default_columns_fit_the_terminal_whole(out, width, tmp_path):
         assert got == label, (got, label, screen)
     footnote = screen[screen.index("top1 final: "):]
     assert "silent%:" in footnote and "flip%" not in footnote and "OPs" not in footnote  # only shown columns
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian package 'tmux'; .ci/run installs it)")
+@pytest.mark.slow
+def test_the_front_doors_final_table_is_whole_in_the_terminal(tmp_path, tiny_cifar, width=100):
+    """``run_bench.py --methods ovsw recu`` (the README's main command, on a tiny recipe): its final table."""
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=1)
+    out = tmp_path / "out"
+    screen = in_terminal(width, ["--methods", "ovsw", "recu", "--recipe", str(recipe), "--data-root", str(tiny_cifar),
+                                 "--out", str(out), "--device", "cpu"], tmp_path)
+    tables = build_tables(collect(out, warn=print))
+    cols = shown(tables)
+    assert cols == ["method", "top1 final", "rank", "silent %", "1-bit ms (b1, CPU)", "x FP32", "wall/run"]
+    assert "…" not in screen, screen
+    table = screen[screen.index("method "):]
+    for row in tables[0]["rows"]:
+        line = next(ln for ln in table.splitlines() if ln.startswith(row["method"] + " "))
+        assert all(c in line for c in cells(row, cols)), (cells(row, cols), line)
 
 
 def test_columns_and_wide_pick_what_the_terminal_shows(out):

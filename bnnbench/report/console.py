@@ -92,7 +92,7 @@ def print_console(tables: list[dict], console, ids: list[str] | None = None, wid
         widths.pop()
         rendered = [[r[:len(cols)] for r in rows] for rows in rendered]
     for t, rows in zip(tables, rendered):
-        table = Table(title=escape(t["title"]), title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True,
+        table = Table(title=escape(t["title"]), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0),
                       pad_edge=False, show_edge=False)
         for h, width in zip(cols, widths):
             if h == "method":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from rich import box
 from rich.table import Table
 
 from bnnbench.errors import ConfigError
@@ -52,21 +53,31 @@ def _shape(s: tuple | None) -> str:
 
 
 def print_summary(rows: list[LayerRow], totals: dict, title: str, console) -> None:
-    table = Table(title=title, title_justify="left")
-    for c in ("layer", "kind", "input", "output", "params", "binary", "MACs", "1-bit KiB", "32-bit KiB"):
-        table.add_column(c, justify="left" if c in ("layer", "kind") else "right", no_wrap=c != "layer")
-    for r in rows:
-        table.add_row(r.name, r.kind, _shape(r.input_shape), _shape(r.output_shape), f"{r.params:,}",
-                      f"{r.binary_params:,}", fmt_si(r.macs) if r.macs else "-", f"{r.bytes_1bit / 1024:.1f}",
-                      f"{r.bytes_32bit / 1024:.1f}")
+    """The per-layer table (numbers never cut; a long layer name wraps in its cell), then the totals."""
+    body = [[r.name, r.kind, _shape(r.input_shape), _shape(r.output_shape), f"{r.params:,}", f"{r.binary_params:,}",
+             fmt_si(r.macs) if r.macs else "-", f"{r.bytes_1bit / 1024:.1f}", f"{r.bytes_32bit / 1024:.1f}"]
+            for r in rows]
+    total = ["total", "", "", "", f"{totals['params']:,}", f"{totals['binary_params']:,}",
+             fmt_si(totals["bops"] + totals["flops"]), f"{sum(r.bytes_1bit for r in rows) / 1024:.1f}",
+             f"{sum(r.bytes_32bit for r in rows) / 1024:.1f}"]
+    head = ["layer", "kind", "input", "output", "params", "binary", "MACs", "1-bit KiB", "32-bit KiB"]
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+                  show_edge=False)
+    for i, h in enumerate(head):
+        width = max(len(r[i]) for r in [head, *body, total])
+        if h == "layer":
+            table.add_column(h, overflow="fold", min_width=min(width, 12), ratio=1)
+        else:
+            table.add_column(h, justify="left" if h == "kind" else "right", no_wrap=True, min_width=width)
+    for r in body:
+        table.add_row(*r)
     table.add_section()
-    table.add_row("total", "", "", "", f"{totals['params']:,}", f"{totals['binary_params']:,}",
-                  f"{fmt_si(totals['bops'])} BOPs + {fmt_si(totals['flops'])} FLOPs",
-                  f"{sum(r.bytes_1bit for r in rows) / 1024:.1f}", f"{sum(r.bytes_32bit for r in rows) / 1024:.1f}")
+    table.add_row(*total)
     console.print(table)
-    console.print(f"leaderboard columns: OPs {fmt_si(totals['ops'])} (FLOPs + BOPs / 64), size "
-                  f"{fmt_size(totals['packed_bytes'])} (binary weights at 1 bit, the rest at 32); binary share "
-                  f"of the parameters {100 * totals['binary_param_ratio']:.1f}%", soft_wrap=True)
+    console.print(f"MACs: {fmt_si(totals['bops'])} binary (BOPs) + {fmt_si(totals['flops'])} full precision (FLOPs). "
+                  f"Leaderboard columns: OPs {fmt_si(totals['ops'])} (FLOPs + BOPs / 64), size "
+                  f"{fmt_size(totals['packed_bytes'])} (binary weights at 1 bit, the rest at 32); binary share of the "
+                  f"parameters {100 * totals['binary_param_ratio']:.1f}%.")
 
 
 def run(args, console) -> int:
