@@ -20,6 +20,7 @@ values (``integrity``), checked on load. Nothing is ever loaded with ``weights_o
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import io
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +39,8 @@ import yaml
 
 from bnnbench import faults
 from bnnbench.config.spec import RunSpec
-from bnnbench.errors import RunError
+from bnnbench.config.yamlio import StrictLoader, load_yaml
+from bnnbench.errors import ConfigError, RunError
 
 #: the files of a run directory (this module is their only owner; the module docstring says what each holds)
 RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", "metrics.jsonl",
@@ -208,9 +211,11 @@ class RunDir:
         """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
         p = self.file(CONFIG)
         try:
-            doc = yaml.safe_load(p.read_text())
-        except (OSError, UnicodeError, yaml.YAMLError) as exc:
+            doc = load_yaml(p.read_text(), str(p), StrictLoader)  # no aliases (an alias bomb is refused)
+        except (OSError, UnicodeError) as exc:
             raise RunError(f"{p} is unreadable ({type(exc).__name__}: {exc})") from None
+        except ConfigError as exc:
+            raise RunError(str(exc)) from None
         return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(p)))
 
     def _with_dependency_groups(self, spec):
@@ -276,11 +281,25 @@ class RunDir:
             return None
 
     def is_done(self, spec_hash: str | None = None) -> bool:
-        """A valid result.json is there (and, given ``spec_hash``, it is the result of that RunSpec)."""
+        """A valid result.json is there, of the RunSpec in ``config.yaml`` (an edited or damaged config is not
+        done: the runner reruns it, the report leaves it out) and, given ``spec_hash``, of that RunSpec."""
         result = self.read_result()
         if result is None:
             return False
-        return spec_hash is None or result.get("spec_hash", result.get("config_hash")) == spec_hash
+        done = result.get("spec_hash", result.get("config_hash"))
+        return (spec_hash is None or done == spec_hash) and self.config_matches(done)
+
+    def config_matches(self, spec_hash: str | None) -> bool:
+        """Whether ``config.yaml`` is readable and describes the run ``spec_hash``."""
+        try:
+            return self.read_spec().hash == spec_hash
+        except RunError:
+            return False
+
+    def write_text(self, name: str, text: str) -> None:
+        """A file of the run directory written by atomic rename: a symlink or special file in its place is
+        replaced, never written through."""
+        atomic_write_text(self.file(name), text)
 
     def write_result(self, result) -> None:
         """Write a RunResult (or its dict), sealed with a checksum."""
@@ -347,7 +366,7 @@ class RunDir:
         for _ in range(5):
             if lock.is_dir():
                 raise RunError(f"{lock} is a directory; a run's claim is a file: remove it and rerun")
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+            fd = _open_claim(lock)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -405,11 +424,29 @@ def finished_dependency(runs_dir: Path, ref: dict, role: str) -> Path:
     not (a dependent run is reported as failed, not started)."""
     d = RunDir(dependency_dir(runs_dir, ref))
     res = d.read_result()
-    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done":
-        state = "missing" if res is None else res.get("status")
+    if res is None or res.get("spec_hash") != ref["run"] or res.get("status") != "done" \
+            or not d.config_matches(ref["run"]):
+        state = "missing" if res is None else res.get("status") if d.config_matches(ref["run"]) else \
+            "its config.yaml does not describe it"
         raise RunError(f"its {role} run {ref['name']} is not done ({state}; {d.path}): dependencies run first in "
                        f"the same sweep, see that run's result.json")
     return d.path
+
+
+def _open_claim(lock: Path) -> int:
+    """The claim file, opened without following a symlink (its target is never written) and refused unless
+    it is a plain file (a FIFO, a device or a link in its place is a RunError naming it)."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise RunError(f"{lock} is a symbolic link; a run's claim is a plain file: remove the link and rerun") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{lock} is not a plain file (a FIFO or device); a run's claim is a plain file: remove it "
+                       f"and rerun")
+    return fd
 
 
 def check_writable(out: Path) -> None:

@@ -170,3 +170,80 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("kind", ["link", "dangling link", "fifo"])
+def test_a_lock_that_is_a_link_or_fifo_is_refused_and_its_target_untouched(tmp_path, kind):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    target = tmp_path / "outside.txt"
+    if kind == "link":
+        target.write_text("precious")
+    if kind == "fifo":
+        os.mkfifo(rd.file("lock"))
+    else:
+        os.symlink(target, rd.file("lock"))
+    with pytest.raises(RunError, match="symbolic link|not a plain file") as e:
+        rd.claim()
+    assert str(rd.file("lock")) in str(e.value)
+    assert (target.read_text() == "precious") if kind == "link" else not target.exists()
+    TALLY["bad inputs tried"] += 1
+
+
+@pytest.mark.parametrize("name", ["error.log", "init.json"])
+def test_files_a_run_writes_replace_a_link_instead_of_writing_through(tmp_path, name):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    target = tmp_path / "outside.txt"
+    target.write_text("precious")
+    os.symlink(target, rd.file(name))
+    rd.write_text(name, "the run's own text\n")
+    assert target.read_text() == "precious" and not rd.file(name).is_symlink()
+    assert rd.file(name).read_text() == "the run's own text\n"
+    TALLY["bad inputs tried"] += 1
+
+
+def test_a_failed_runs_error_log_link_is_not_written_through(tiny, tmp_path):
+    _, _, spec, data = tiny
+    rd = RunDir(tmp_path / "r")
+    rd.create(spec)
+    target = tmp_path / "outside.txt"
+    target.write_text("precious")
+    os.symlink(target, rd.file("error.log"))
+    result = run_or_fail(spec, rd, torch.device("cpu"), tmp_path / "no-data-here")
+    assert result.status == "failed" and target.read_text() == "precious"
+    assert "Traceback" in rd.file("error.log").read_text()
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def test_an_alias_bomb_in_a_runs_config_is_refused_at_once(tiny, tmp_path, capsys):
+    """9^9 list items if expanded: refused before expansion by the runner's check, the report and evaluate."""
+    argv, out, spec, _ = tiny
+    assert main(argv()) == 0
+    rd = RunDir(out / "runs" / spec.name)
+    rd.file("config.yaml").write_text(BOMB)
+    t0 = time.monotonic()
+    assert not rd.is_done(spec.hash)                    # not done for the runner: it reruns the run
+    assert collect(out, warn=print) == []               # the report leaves it out, naming it
+    assert "YAML aliases" in capsys.readouterr().out
+    assert main(["evaluate", str(rd.path), "--data-root", str(tiny[3])]) == 2
+    assert time.monotonic() - t0 < 10                    # (expanding it would take minutes and gigabytes)
+    assert "YAML aliases (*a) are not allowed" in capsys.readouterr().out
+    TALLY["bad inputs tried"] += 1
+
+
+def test_an_edited_config_beside_a_valid_result_is_rerun_and_refused_by_evaluate(tiny, capsys):
+    argv, out, spec, data = tiny
+    assert main(argv()) == 0
+    rd = RunDir(out / "runs" / spec.name)
+    rd.file("config.yaml").write_text(rd.file("config.yaml").read_text().replace("lr: 0.1", "lr: 0.2"))
+    assert rd.read_spec().hash != spec.hash and not rd.is_done(spec.hash)
+    assert main(["evaluate", str(rd.path), "--data-root", str(data)]) == 2
+    assert "does not describe the run its result.json is of" in capsys.readouterr().out
+    assert main([*argv(), "--dry-run"]) == 0
+    assert "1 to run, 0 already done" in capsys.readouterr().out   # the same command repairs it
+    assert main(argv()) == 0 and rd.is_done(spec.hash)
+    TALLY["faults injected"] += 1

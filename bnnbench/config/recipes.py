@@ -22,14 +22,12 @@ key, the file and the closest valid key.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bnnbench.config.settings import SAFE_NAME, check_train
+from bnnbench.config.yamlio import load_yaml
 from bnnbench.data.catalog import DATASETS
 from bnnbench.errors import ConfigError, did_you_mean
 from bnnbench.paths import recipes_dir
@@ -163,49 +161,6 @@ def parse_teacher(doc: Any, where: str) -> dict | None:
     if method is not None:
         METHODS.get(method, source=f"{where}, teacher.method")
     return {"train": check_train(doc.get("train") or {}, f"{where}, teacher.train", partial=True), "method": method}
-
-
-_FLOAT_12 = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 floats (``9e-4``, which YAML 1.1 reads as text) and no duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-
-
-def parse_scalar(raw: str) -> Any:
-    """A --set / --hp value read as a recipe would read it (YAML 1.2 floats included; bad YAML: the text)."""
-    if raw == "":
-        return None
-    try:
-        return yaml.load(raw, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, RecursionError):
-        return raw
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """Parse a recipe document; aliases (``*name``) are refused before anything expands them."""
-    try:
-        for event in yaml.parse(text, Loader=_RecipeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise ConfigError(f"{where}: YAML aliases (*{event.anchor}) are not allowed in recipes; "
-                                  f"write the values out")
-        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply to be a recipe") from None
 
 
 def recipe_names() -> list[str]:

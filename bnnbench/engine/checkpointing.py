@@ -88,4 +88,4 @@ class Checkpointing:
         self.state.tracker = FlipTracker(self.state.net)  # flips count from the loaded weights
         if self.main:
             self.warn(describe_init(init, report))
-            self.dir.file(INIT_REPORT).write_text(json.dumps({**init, **report}, indent=1) + "\n")
+            self.dir.write_text(INIT_REPORT, json.dumps({**init, **report}, indent=1) + "\n")

@@ -47,7 +47,7 @@ def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root:
 def record_failure(spec: RunSpec, run_dir: RunDir, device: torch.device, exc: BaseException,
                    t0: float) -> RunResult:
     """Write a failed result (exception, file and line) and the traceback in ``error.log``."""
-    run_dir.file(ERROR_LOG).write_text("".join(traceback.format_exception(exc)))
+    run_dir.write_text(ERROR_LOG, "".join(traceback.format_exception(exc)))
     why = describe_exception(exc, skip=ENGINE_FRAMES, subject="the run")
     result = RunResult.failed(spec, f"{why}; traceback in {run_dir.file(ERROR_LOG)}",
                               Summary(wall_time_s=time.time() - t0), environment(device))

@@ -89,6 +89,9 @@ def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = 
     done = rd.read_result()
     if not done or done.get("status") != "done":
         raise RunError(f"{run_dir} is not a finished run (no result.json with status done)")
+    if spec.hash != done.get("spec_hash", done.get("config_hash")):
+        raise RunError(f"{rd.file('config.yaml')} does not describe the run its result.json is of (spec hash "
+                       f"{spec.hash}, result {done.get('spec_hash')!r}): edited after the run? Restore it or rerun")
     state = rd.load_checkpoint()
     if state is None or state.get("epoch") != spec.settings.epochs - 1 or state.get("partial"):
         raise RunError(f"{run_dir}: no checkpoint of the final epoch {spec.settings.epochs} (checkpoint.pt)")

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bnnbench.config.recipes import Recipe, load_recipe, parse_scalar
+from bnnbench.config.recipes import Recipe, load_recipe
 from bnnbench.config.settings import check_train
 from bnnbench.config.spec import UNHASHED_SETTINGS, RunSpec, settings_from
+from bnnbench.config.yamlio import parse_scalar
 from bnnbench.data.catalog import check_loader
 from bnnbench.engine.init import resolve_init
 from bnnbench.errors import ConfigError
