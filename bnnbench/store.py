@@ -207,8 +207,8 @@ class RunDir:
                 pass  # unreadable or edited: rewritten below (the caller holds the run's claim)
         atomic_write_text(self.file(CONFIG), yaml.safe_dump(spec.to_dict(), sort_keys=True))
 
-    def read_spec(self):
-        """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
+    def read_config(self) -> dict:
+        """``config.yaml`` as written (RunError naming the file when it is unreadable or not a mapping)."""
         p = self.file(CONFIG)
         try:
             doc = load_yaml(p.read_text(), str(p), StrictLoader)  # no aliases (an alias bomb is refused)
@@ -216,7 +216,13 @@ class RunDir:
             raise RunError(f"{p} is unreadable ({type(exc).__name__}: {exc})") from None
         except ConfigError as exc:
             raise RunError(str(exc)) from None
-        return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(p)))
+        if not isinstance(doc, dict):
+            raise RunError(f"{p} is not a run configuration (a YAML mapping), got {type(doc).__name__}")
+        return doc
+
+    def read_spec(self):
+        """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
+        return self._with_dependency_groups(RunSpec.from_dict(self.read_config(), where=str(self.file(CONFIG))))
 
     def _with_dependency_groups(self, spec):
         """A run written before dependency references carried their run's group (bnnbench/config/spec.py
@@ -290,10 +296,12 @@ class RunDir:
         return (spec_hash is None or done == spec_hash) and self.config_matches(done)
 
     def config_matches(self, spec_hash: str | None) -> bool:
-        """Whether ``config.yaml`` is readable and describes the run ``spec_hash``."""
+        """Whether ``config.yaml`` is readable and describes the run ``spec_hash``: it records that hash and
+        (for configurations with a ``schema``, i.e. written by this layout) its content hashes to it."""
         try:
-            return self.read_spec().hash == spec_hash
-        except RunError:
+            doc = self.read_config()
+            return doc.get("hash") == spec_hash and (doc.get("schema") is None or self.read_spec().hash == spec_hash)
+        except (RunError, KeyError, TypeError, ValueError):
             return False
 
     def write_text(self, name: str, text: str) -> None:

@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -247,3 +248,25 @@ def test_an_edited_config_beside_a_valid_result_is_rerun_and_refused_by_evaluate
     assert "1 to run, 0 already done" in capsys.readouterr().out   # the same command repairs it
     assert main(argv()) == 0 and rd.is_done(spec.hash)
     TALLY["faults injected"] += 1
+
+
+def test_report_names_bad_run_directories_and_prints_the_other_rows(tmp_path, capsys):
+    """One truncated result.json and one with a wrong type (resealed, so its checksum is valid) among good
+    runs: the leaderboard shows the good rows and names both bad directories with the reason."""
+    from bnnbench.store import seal_result
+    runs = sorted((ROOT / "results" / "cifar10-cpu" / "runs").glob("*__s0__*"))
+    if len(runs) < 3:
+        pytest.skip("the committed runs of results/cifar10-cpu are absent")
+    for run in runs:
+        shutil.copytree(run, tmp_path / "runs" / run.name, ignore=shutil.ignore_patterns("*.pt"))
+    good, truncated, swapped = (tmp_path / "runs" / r.name for r in runs[:3])
+    (truncated / "result.json").write_text((truncated / "result.json").read_text()[:100])
+    for field, bad in (("ops", "lots"), ("wall_time_s", None)):
+        doc = {k: v for k, v in json.loads((swapped / "result.json").read_text()).items() if k != "checksum"}
+        atomic_write_text(swapped / "result.json", json.dumps(seal_result({**doc, field: bad})))
+        assert main(["report", "--out", str(tmp_path), "--format", "md"]) == 0
+        out = capsys.readouterr().out.replace("\n", "")
+        assert f"skipping {truncated}" in out and f"skipping {swapped}" in out and f"{field} = " in out, out
+        method = good.name.split("__")[3]
+        assert f"| {method} " in out                      # the other rows are reported
+        TALLY["bad inputs tried"] += 1

@@ -227,6 +227,22 @@ class Environment:
     command: str = ""  # the command line of the process that finished the run
 
 
+_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def check_types(cls, values: Mapping[str, Any], where: str) -> None:
+    """Every value of ``values`` of the type its dataclass field of ``cls`` declares (ints count as floats;
+    a bool is no number; ``Mapping[...]`` means a dict); RunError naming ``where``, the field and the value."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, allowed = values[f.name], str(f.type)
+        kinds = tuple(t for part in allowed.split("|") for t in
+                      ((dict,) if part.strip().startswith("Mapping") else _TYPES.get(part.strip(), (object,))))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise RunError(f"{where}: {f.name} = {str(value)[:80]!r} has the wrong type; expected {allowed}")
+
+
 def spec_fields(spec: RunSpec) -> dict[str, Any]:
     """The part of a result that comes from its spec (what the run was)."""
     return dict(spec_hash=spec.hash, group=spec.group, label=spec.label, recipe=spec.recipe, track=spec.track,
@@ -303,10 +319,12 @@ class RunResult:
         return cls.assemble(spec, "failed", reason, summary, environment)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], spec: RunSpec) -> RunResult:
-        """A result.json document; fields the first schema lacked are taken from the run's spec."""
+    def from_dict(cls, d: Mapping[str, Any], spec: RunSpec, where: str = "result.json") -> RunResult:
+        """A result.json document; fields the first schema lacked are taken from the run's spec. A field of the
+        wrong type (a string where a number belongs, a null wall time) is a RunError naming ``where``."""
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        check_types(cls, kw, where)
         kw.setdefault("spec_hash", spec.hash)
         kw["group"], kw["label"], kw["changes"] = spec.group, spec.label, dict(spec.changes)
         kw["stage"] = spec.stage

@@ -50,7 +50,7 @@ def load_run(d: Path) -> StoredRun:
     rd = RunDir(d)
     doc = verify_result(read_json(d / RESULT))
     spec = rd.read_spec()
-    cfg_hash = (yaml.safe_load((d / CONFIG).read_text()) or {}).get("hash")
+    cfg_hash = rd.read_config().get("hash")
     recorded = doc.get("spec_hash", doc.get("config_hash"))
     if recorded != cfg_hash:
         raise ValueError(f"{RESULT} belongs to run {recorded}, {CONFIG} to {cfg_hash}")
@@ -60,7 +60,7 @@ def load_run(d: Path) -> StoredRun:
         raise ValueError(f"{d / 'metrics.jsonl'} was changed after the run finished")
     if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
         raise ValueError("no final accuracy")
-    return StoredRun(RunResult.from_dict(doc, spec), d, read_deploy(d))
+    return StoredRun(RunResult.from_dict(doc, spec, str(d / RESULT)), d, read_deploy(d))
 
 
 def read_deploy(d: Path) -> dict | None:
