@@ -457,6 +457,28 @@ def _open_claim(lock: Path) -> int:
     return fd
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Before any work: ``path`` (the file a command will write, named by ``flag``) must not be a directory,
+    must not lie under a file, and its folder must take a new file (a probe is written and removed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give the path of a file to write")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".bnnbench-probe.")
+        os.close(fd)
+        os.unlink(probe)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be written here ({exc.strerror or exc}); choose another "
+                          f"path") from None
+
+
 def check_writable(out: Path) -> None:
     """Fail before any compute when the output folder cannot be written (or the disk is full)."""
     try:

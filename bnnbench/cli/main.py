@@ -32,7 +32,7 @@ from bnnbench.report.console import CONSOLE_COLUMNS, check_columns
 from bnnbench.report.console import DEFAULT as DEFAULT_COLUMNS
 from bnnbench.report.publish import publish
 from bnnbench.runner import SlurmOptions, SweepRequest, parse_assignments, plan, run_sweep, submit
-from bnnbench.store import RunDir, check_writable
+from bnnbench.store import RunDir, check_output_file, check_writable
 from bnnbench.tools import bench, deploy_bench, summary
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
@@ -280,7 +280,25 @@ def cmd_report(args, console) -> int:
     return 0
 
 
+#: flags some commands take, with their smallest allowed value
+MINIMUM = {"threads": 1, "batch": 1, "steps": 1, "warmup": 0, "rounds": 1, "num_classes": 2}
+
+
+def check_arguments(args) -> None:
+    """Numbers in range and output files writable, for every command, before any work (exit 2)."""
+    for name, low in MINIMUM.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v < low:
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: must be at least {low}")
+    if getattr(args, "json", None) is not None:
+        check_output_file(args.json, "--json")
+    if args.command == "export":
+        check_output_file(args.out, "export --out")
+
+
 def _dispatch(args, console) -> int:
+    check_arguments(args)
     load_plugins(args.plugin)
     if args.command == "report":
         return cmd_report(args, console)

@@ -129,11 +129,18 @@ def save(doc: dict, path: Path) -> int:
 
 def read(path: Path) -> dict:
     """The export document of ``path`` (tensors restored from the flat store)."""
-    doc = load_torch(Path(path))
+    hint = "make one with run_bench.py export RUN_DIR --out FILE"
+    try:
+        doc = load_torch(Path(path))
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not its own
+        raise RunError(f"{path} is not a bnnbench 1-bit export ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}); {hint}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); make one with "
-                       f"run_bench.py export RUN_DIR --out FILE")
-    return _unpack_store(doc)
+        raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); {hint}")
+    try:
+        return _unpack_store(doc)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise RunError(f"{path} is a damaged bnnbench 1-bit export ({type(exc).__name__}: {exc}); {hint}") from None
 
 
 def recorded(path: Path) -> dict:
