@@ -37,3 +37,68 @@ def test_bad_arguments_give_one_message_and_exit_2(files, capsys, argv, message)
     text = (out.out + out.err).replace("\n", "")
     assert rc == 2 and message in text and "Traceback" not in text, text
     TALLY["bad inputs tried"] += 1
+
+
+PLUGIN = '''
+import torch
+from bnnbench.nn import BinaryConv2d, sign_ste
+from bnnbench.plugins import Method, register_method
+
+
+class NoFormConv(BinaryConv2d):
+    def binarize_input(self, x):
+        return sign_ste(x)
+
+    def binarize_weight(self, w):
+        return sign_ste(w)
+
+    def inference_form(self):
+        raise ValueError("this layer has no 1-bit form")
+
+
+@register_method
+class NoForm(Method):
+    """Trains, but its layers cannot be exported."""
+    name = "noform_cmd"
+    conv_class = NoFormConv
+
+
+@register_method
+class TensorStats(NoForm):
+    """Reports a tensor from epoch_stats."""
+    name = "tensorstats_cmd"
+
+    def epoch_stats(self, model):
+        return {"my_number": torch.tensor(1.0)}
+'''
+
+
+def test_plugin_hooks_that_fail_outside_training_are_named_and_crafted_exports_refused(tmp_path, tiny_cifar,
+                                                                                       capsys):
+    import torch
+    from conftest import make_recipe
+
+    from bnnbench.store import RunDir
+    plugin = tmp_path / "hooks_plugin.py"
+    plugin.write_text(PLUGIN)
+    out = tmp_path / "out"
+    common = ["--plugin", str(plugin), "--recipe", str(make_recipe(tmp_path / "tiny.yaml", epochs=1)),
+              "--data-root", str(tiny_cifar), "--device", "cpu"]
+    assert main(["--methods", "noform_cmd", "tensorstats_cmd", *common, "--out", str(out)]) == 3
+    text = capsys.readouterr().out.replace("\n", "")
+    assert "epoch_stats at" in text and "hooks_plugin.py" in text and "key 'my_number'" in text, text
+    run = next((out / "runs").glob("*noform_cmd*"))
+    assert main(["export", str(run), "--out", str(tmp_path / "m.pt"), *common[:2], "--data-root",
+                 str(tiny_cifar)]) == 2
+    text = capsys.readouterr().out.replace("\n", "")
+    assert "NoFormConv.inference_form at" in text and "hooks_plugin.py" in text and "Traceback" not in text, text
+    # a crafted export asking for 10^9 classes is refused before anything is allocated
+    from bnnbench.deploy import export
+    spec, model, test = __import__("bnnbench.engine", fromlist=["x"]).trained_model(
+        next((out / "runs").glob("*noform_cmd*")), tiny_cifar)
+    doc = {"format": export.FORMAT, "version": export.VERSION, "spec": RunDir(run).read_spec().to_dict(),
+           "num_classes": 10**9, "binary": {}, "state": {k: v for k, v in model.state_dict().items()}}
+    torch.save(doc, tmp_path / "crafted.pt")
+    assert main(["evaluate", str(tmp_path / "crafted.pt"), *common[:2], "--data-root", str(tiny_cifar)]) == 2
+    assert "num_classes = 1000000000 is not an integer between 2 and" in capsys.readouterr().out.replace("\n", "")
+    TALLY["bad inputs tried"] += 3

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from bnnbench.config.spec import RunSpec
 from bnnbench.deploy.packed import replace_layers
 from bnnbench.engine import run_model
-from bnnbench.errors import ConfigError, RunError
+from bnnbench.errors import ConfigError, RunError, describe_exception
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.plugins import definition_site
 from bnnbench.store import atomic_torch_save, load_torch
 
 FORMAT = "bnnbench-1bit"
@@ -70,8 +71,10 @@ def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
     for name, layer in binary_layers(model):
         try:
             form = layer.inference_form()
-        except ValueError as exc:
-            raise ConfigError(f"cannot export binary conv {name!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a plugin's hook: named with its file and line
+            site = f"{type(layer).__name__}.inference_form at {definition_site(type(layer).inference_form)}"
+            why = str(exc) if isinstance(exc, ValueError) else describe_exception(exc, skip=("/torch/",))
+            raise ConfigError(f"cannot export binary conv {name!r} ({site}): {why}") from None
         bias = None if layer.bias is None else layer.bias.detach().float().cpu()
         binary[name] = {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale,
                         "bias": bias}
@@ -148,13 +151,38 @@ def recorded(path: Path) -> dict:
     return dict(read(path).get("recorded") or {})
 
 
+def _check_classes(doc: dict, path: Path) -> None:
+    """``num_classes`` before anything is allocated: an integer >= 2 and no larger than the values the file
+    holds (a model's head stores at least one value per class), so a crafted file cannot ask for gigabytes."""
+    n = doc.get("num_classes")
+    held = sum(v.numel() for v in _tensors(doc))
+    if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= held:
+        raise RunError(f"{path}: num_classes = {str(n)[:40]} is not an integer between 2 and the {held} values "
+                       f"the file holds; a damaged or crafted export")
+
+
+def _tensors(o):
+    if isinstance(o, torch.Tensor):
+        yield o
+    elif isinstance(o, dict):
+        for v in o.values():
+            yield from _tensors(v)
+    elif isinstance(o, (list, tuple)):
+        for v in o:
+            yield from _tensors(v)
+
+
 def load_exported(path: Path) -> tuple[object, nn.Module]:
     """(RunSpec, the rebuilt model in eval mode) from an export file."""
     doc = read(path)
     if doc.get("version") != VERSION:
         raise RunError(f"{path}: export version {doc.get('version')!r} is not supported (this bnnbench reads "
                        f"version {VERSION})")
-    spec = RunSpec.from_dict(doc["spec"], where=str(path))
+    try:
+        spec = RunSpec.from_dict(doc["spec"], where=str(path))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RunError(f"{path}: its run spec is damaged ({type(exc).__name__}: {exc})") from None
+    _check_classes(doc, path)
     _, model = run_model(spec, doc["num_classes"], Path(path).name)
     names = {n for n, _ in binary_layers(model)}
     if names != set(doc["binary"]):

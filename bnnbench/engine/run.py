@@ -40,6 +40,8 @@ from bnnbench.engine.progress import Progress
 from bnnbench.engine.recorder import Recorder
 from bnnbench.engine.result import summarize
 from bnnbench.engine.state import build_state
+from bnnbench.errors import RunError
+from bnnbench.plugins import definition_site
 from bnnbench.store import FLIPS, RunDir, atomic_torch_save
 
 #: what a finished run hands a hook: its directory, its trained model, and a batch of test images on demand
@@ -75,7 +77,7 @@ class Run:
         flips = s.tracker.epoch_stats()
         row.update({k: flips[k] for k in ("silent", "flip_any", "flip_net", "net_change")})
         row["flip_layers"] = flips["layers"]
-        row.update(s.method.epoch_stats(s.net))
+        row.update(method_stats(s.method, s.net))
         return row
 
     def fit(self) -> RunResult:
@@ -137,6 +139,20 @@ class Run:
                             self.dir.metrics_digest())
         env = environment(self.device, self.state.numerics, self.kept_memory, self.commit)
         return RunResult.assemble(self.spec, status, reason, summary, env)
+
+
+def method_stats(method, net: nn.Module) -> dict[str, Any]:
+    """The method's ``epoch_stats`` (its extra per-epoch numbers), each a number, text or None that
+    ``metrics.jsonl`` can hold; anything else is a RunError naming the hook, the key and the plugin's line."""
+    stats = method.epoch_stats(net)
+    where = f"method {method.name!r}: epoch_stats at {definition_site(type(method).epoch_stats)}"
+    if not isinstance(stats, dict):
+        raise RunError(f"{where} returned {type(stats).__name__}; it must return a dict of numbers")
+    for key, value in stats.items():
+        if not isinstance(key, str) or not isinstance(value, (int, float, str, type(None))):
+            raise RunError(f"{where}: key {key!r} = {str(value)[:60]!r} ({type(value).__name__}) is not a number, "
+                           f"text or None (metrics.jsonl holds JSON; use float(...) for a tensor)")
+    return stats
 
 
 def train_run(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root: Path,
