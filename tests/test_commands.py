@@ -102,3 +102,21 @@ def test_plugin_hooks_that_fail_outside_training_are_named_and_crafted_exports_r
     assert main(["evaluate", str(tmp_path / "crafted.pt"), *common[:2], "--data-root", str(tiny_cifar)]) == 2
     assert "num_classes = 1000000000 is not an integer between 2 and" in capsys.readouterr().out.replace("\n", "")
     TALLY["bad inputs tried"] += 3
+
+
+@pytest.mark.parametrize("content, message", [([1, 2, 3], "holds no tensors by name (a list)"),
+                                              ("tensor", "holds no tensors by name (a Tensor)"),
+                                              ({"other.weight": "tensor"}, "no tensor matches xnor on cresnet20")])
+def test_init_from_that_cannot_fit_is_refused_before_any_run(tmp_path, tiny_cifar, capsys, content, message):
+    import torch
+    from conftest import make_recipe
+    as_tensor = {"tensor": torch.zeros(3)}
+    obj = {k: as_tensor.get(v, v) for k, v in content.items()} if isinstance(content, dict) else \
+        as_tensor.get(content, content) if isinstance(content, str) else content
+    torch.save(obj, tmp_path / "init.pt")
+    out = tmp_path / "out"
+    rc = main(["--methods", "xnor", "--recipe", str(make_recipe(tmp_path / "tiny.yaml", epochs=1)), "--data-root",
+               str(tiny_cifar), "--device", "cpu", "--out", str(out), "--init-from", str(tmp_path / "init.pt")])
+    assert rc == 2 and message in capsys.readouterr().out.replace("\n", "")
+    assert not (out / "runs").exists()
+    TALLY["bad inputs tried"] += 1

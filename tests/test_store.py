@@ -269,4 +269,6 @@ def test_report_names_bad_run_directories_and_prints_the_other_rows(tmp_path, ca
         assert f"skipping {truncated}" in out and f"skipping {swapped}" in out and f"{field} = " in out, out
         method = good.name.split("__")[3]
         assert f"| {method} " in out                      # the other rows are reported
+        page = (tmp_path / "report.html").read_text()
+        assert "Run directories not reported" in page and truncated.name in page and swapped.name in page
         TALLY["bad inputs tried"] += 1

@@ -31,8 +31,20 @@ def resolve_init(path: Path) -> dict:
         state = read_any(data)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a file it cannot read
         raise ConfigError(f"--init-from {p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    run = state.get("spec_hash") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not state_dict_of(state):
+        raise ConfigError(f"--init-from {p}: holds no tensors by name (a {type(state).__name__}); give a checkpoint "
+                          f"of this suite or a state dict")
+    run = state.get("spec_hash")
     return {"path": str(p.resolve()), "sha256": hashlib.sha256(data).hexdigest(), "run": run}
+
+
+def check_matches(model: torch.nn.Module, init: dict, what: str) -> None:
+    """Before any compute: ConfigError when no tensor of the ``--init-from`` file matches ``model`` (``what``:
+    the method and backbone) by name and shape."""
+    sd, own = state_dict_of(read_any(Path(init["path"]).read_bytes())), model.state_dict()
+    if not any(k in own and own[k].shape == v.shape for k, v in sd.items()):
+        raise ConfigError(f"--init-from {init['path']}: no tensor matches {what} by name and shape (its keys "
+                          f"start {sorted(sd)[:3]}, the model's {sorted(own)[:3]})")
 
 
 def read_any(data: bytes):

@@ -107,10 +107,14 @@ def _section(t: dict, runs: list[StoredRun], plots: Path) -> str:
     return "\n".join(parts)
 
 
-def render_html(tables: list[dict], runs: list[StoredRun], out: Path) -> str:
-    """The report page for the tables and runs under ``out`` (plots are read from ``out/plots``)."""
+def render_html(tables: list[dict], runs: list[StoredRun], out: Path, skipped: list[str] = ()) -> str:
+    """The report page for the tables and runs under ``out`` (plots are read from ``out/plots``); ``skipped``:
+    the run directories left out and why (unfinished, damaged), listed at the end."""
     plots = Path(out) / "plots"
     body = "\n".join(_section(t, runs, plots) for t in tables) or "<p>No finished runs.</p>"
+    if skipped:
+        body += ("<h2>Run directories not reported</h2><ul>"
+                 + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in skipped) + "</ul>")
     notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>bnnbench report</title>'
             f"<style>{STYLE}</style></head><body><h1>bnnbench leaderboard</h1>"

@@ -24,8 +24,8 @@ def publish(out: Path, console, fmt: str, baseline: str | None = None,
     ``columns`` / ``wide``: the console's columns (:mod:`bnnbench.report.console`; the files keep all).
     """
     check_columns(columns)
-    warn = warn_to(console)
-    runs = collect(out, warn)
+    warn, skipped = warn_to(console), []
+    runs = collect(out, lambda msg: (skipped.append(msg), warn(msg)))  # named on the page too
     tables = build_tables(runs, baseline, published)
     if baseline and not any(r["method"] == baseline for t in tables for r in t["rows"]):
         labels = sorted({r["method"] for t in tables for r in t["rows"]})
@@ -40,7 +40,7 @@ def publish(out: Path, console, fmt: str, baseline: str | None = None,
     try:
         files = write_reports(out, tables)
         plots = plot_all(runs, out, warn)
-        atomic_write_text(out / "report.html", render_html(tables, runs, out))
+        atomic_write_text(out / "report.html", render_html(tables, runs, out, skipped))
         files["html"] = out / "report.html"
     except OSError as exc:
         warn(f"could not write the leaderboard files or plots under {out} ({exc.strerror or exc}); the table "

@@ -27,7 +27,8 @@ from bnnbench.config.settings import check_train
 from bnnbench.config.spec import UNHASHED_SETTINGS, RunSpec, settings_from
 from bnnbench.config.yamlio import parse_scalar
 from bnnbench.data.catalog import check_loader
-from bnnbench.engine.init import resolve_init
+from bnnbench.engine.init import check_matches, resolve_init
+from bnnbench.engine.rebuild import run_model
 from bnnbench.errors import ConfigError
 from bnnbench.plugins import ARCHITECTURES, METHODS, load_plugins, provenance
 from bnnbench.runner.stages import expand, split_scoped
@@ -86,7 +87,17 @@ def plan(req: SweepRequest) -> Plan:
     for arch in archs:
         for method in methods:
             specs += _method_runs(req, recipe, arch, method, sets, hps.get(method, {}), init, overrides, scoped)
+    if init:
+        _check_init(specs, init)
     return Plan(list({s.name: s for s in specs}.values()), recipe)
+
+
+def _check_init(specs: list[RunSpec], init: dict) -> None:
+    """``--init-from`` must fit every method x backbone it starts (checked on a freshly built model)."""
+    for method, backbone in dict.fromkeys((s.method, s.backbone) for s in specs if s.init_from.get("sha256")):
+        spec = next(s for s in specs if (s.method, s.backbone) == (method, backbone))
+        classes = 1000 if ARCHITECTURES.get(backbone).family == "imagenet" else 10
+        check_matches(run_model(spec, classes, spec.name)[1], init, f"{method} on {backbone}")
 
 
 def _check(req: SweepRequest) -> tuple[list[str], Recipe, list[str]]:
