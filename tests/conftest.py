@@ -81,7 +81,7 @@ def golden():
 
 
 #: tallies printed at the end of the test run (README "Reliability" section)
-TALLY = {"faults injected": 0, "kill -9 points": 0, "bad inputs tried": 0}
+TALLY = {"faults injected": 0, "kill -9 points": 0, "bad inputs tried": 0, "fuzzed files": 0}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from bnnbench.config.spec import RunSpec
 from bnnbench.deploy.packed import replace_layers
 from bnnbench.engine import run_model
-from bnnbench.errors import ConfigError, RunError, describe_exception
+from bnnbench.errors import BnnBenchError, ConfigError, RunError, describe_exception
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
 from bnnbench.plugins import definition_site
 from bnnbench.store import atomic_torch_save, load_torch
@@ -142,7 +142,7 @@ def read(path: Path) -> dict:
         raise RunError(f"{path} is not a bnnbench 1-bit export (format {FORMAT!r}); {hint}")
     try:
         return _unpack_store(doc)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
         raise RunError(f"{path} is a damaged bnnbench 1-bit export ({type(exc).__name__}: {exc}); {hint}") from None
 
 
@@ -173,29 +173,42 @@ def _tensors(o):
 
 
 def load_exported(path: Path) -> tuple[object, nn.Module]:
-    """(RunSpec, the rebuilt model in eval mode) from an export file."""
+    """(RunSpec, the rebuilt model in eval mode) from an export file. Every part is checked against the
+    backbone its spec names before it is used; a damaged or crafted file is one RunError naming it."""
     doc = read(path)
     if doc.get("version") != VERSION:
-        raise RunError(f"{path}: export version {doc.get('version')!r} is not supported (this bnnbench reads "
-                       f"version {VERSION})")
+        raise RunError(f"{path}: export version {str(doc.get('version'))[:40]!r} is not supported (this bnnbench "
+                       f"reads version {VERSION})")
     try:
-        spec = RunSpec.from_dict(doc["spec"], where=str(path))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RunError(f"{path}: its run spec is damaged ({type(exc).__name__}: {exc})") from None
+        return _rebuild(doc, path)
+    except BnnBenchError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
+        raise RunError(f"{path}: a damaged bnnbench 1-bit export ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _rebuild(doc: dict, path: Path) -> tuple[object, nn.Module]:
+    spec = RunSpec.from_dict(doc["spec"], where=str(path))
     _check_classes(doc, path)
     _, model = run_model(spec, doc["num_classes"], Path(path).name)
     names = {n for n, _ in binary_layers(model)}
-    if names != set(doc["binary"]):
-        raise RunError(f"{path}: binary layers {sorted(set(doc['binary']) ^ names)} do not match the backbone "
-                       f"{spec.backbone!r} this bnnbench builds")
+    if not isinstance(doc["binary"], dict) or names != set(doc["binary"]):
+        raise RunError(f"{path}: its binary layers do not match the backbone {spec.backbone!r} this bnnbench builds")
 
     def rebuild(layer: BinaryConv2d, name: str) -> SignConv2d:
         e = doc["binary"][name]
-        return SignConv2d(layer, unpack_bits(e["bits"], e["shape"]), e["scale"], e["bias"])
+        shape = list(layer.weight.shape)
+        if list(e["shape"]) != shape or not isinstance(e["bits"], Tensor) or e["bits"].dtype != torch.uint8 \
+                or e["bits"].numel() != -(-int(np.prod(shape)) // 8):
+            raise RunError(f"{path}: binary conv {name!r}: its packed signs do not fit the backbone's weight {shape}")
+        if not isinstance(e["scale"], Tensor) or e["scale"].numel() != shape[0] or not (
+                e["bias"] is None or isinstance(e["bias"], Tensor) and e["bias"].numel() == shape[0]):
+            raise RunError(f"{path}: binary conv {name!r}: its scale or bias is not one value per output channel")
+        return SignConv2d(layer, unpack_bits(e["bits"], shape), e["scale"].reshape(-1), e["bias"])
     model = replace_layers(model, rebuild)
     missing, unexpected = model.load_state_dict(doc["state"], strict=False)
     missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in names)]
     if missing or unexpected:
-        raise RunError(f"{path}: the state does not fit the rebuilt {spec.backbone!r}: missing {missing}, "
-                       f"unexpected {unexpected}")
+        raise RunError(f"{path}: the state does not fit the rebuilt {spec.backbone!r}: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
     return spec, model.eval()
