@@ -19,7 +19,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from bnnbench.errors import ConfigError
+from bnnbench.errors import ConfigError, RunError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -41,6 +41,23 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, numbers.Real) and not isinstance(v, bool) and k != "epoch"}
 
 
+def logger_dir(run_dir: Path, name: str) -> Path:
+    """``run_dir/name`` for a tracker's files: a plain folder this process can write (a symlink there is
+    refused, so a received run directory cannot redirect the writes; a read-only folder is one message before
+    the tracker's writer thread starts)."""
+    d = Path(run_dir) / name
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        raise RunError(f"{d} is a symbolic link or a file; the {name} logger writes a plain folder there: remove it")
+    try:
+        d.mkdir(exist_ok=True)
+        probe = d / ".write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"--logger {name}: cannot write {d} ({exc.strerror or exc})") from None
+    return d
+
+
 class Loggers:
     """The loggers of one run; :meth:`log` mirrors a metrics row, :meth:`close` ends the tracker runs."""
 
@@ -52,7 +69,7 @@ class Loggers:
     @staticmethod
     def _open_tensorboard(run_dir: Path, config: dict):
         from torch.utils.tensorboard import SummaryWriter  # deferred: an optional dependency (the track extra)
-        w = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        w = SummaryWriter(log_dir=str(logger_dir(run_dir, "tensorboard")))
         w.add_text("config", f"```\n{config}\n```")
 
         def write(row: dict, step: int) -> None:
