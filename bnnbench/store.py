@@ -305,9 +305,12 @@ class RunDir:
             return False
 
     def write_text(self, name: str, text: str) -> None:
-        """A file of the run directory written by atomic rename: a symlink or special file in its place is
-        replaced, never written through."""
-        atomic_write_text(self.file(name), text)
+        """A file of the run directory, written by atomic rename (never through a link); a symlink or special
+        file in its place is refused with a RunError naming it, its target untouched."""
+        p = self.file(name)
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise RunError(f"{p} is a symbolic link or not a plain file; the run writes a plain file there: remove it")
+        atomic_write_text(p, text)
 
     def write_result(self, result) -> None:
         """Write a RunResult (or its dict), sealed with a checksum."""

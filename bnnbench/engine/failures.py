@@ -47,9 +47,13 @@ def run_or_fail(spec: RunSpec, run_dir: RunDir, device: torch.device, data_root:
 def record_failure(spec: RunSpec, run_dir: RunDir, device: torch.device, exc: BaseException,
                    t0: float) -> RunResult:
     """Write a failed result (exception, file and line) and the traceback in ``error.log``."""
-    run_dir.write_text(ERROR_LOG, "".join(traceback.format_exception(exc)))
     why = describe_exception(exc, skip=ENGINE_FRAMES, subject="the run")
-    result = RunResult.failed(spec, f"{why}; traceback in {run_dir.file(ERROR_LOG)}",
+    try:
+        run_dir.write_text(ERROR_LOG, "".join(traceback.format_exception(exc)))
+        where = f"traceback in {run_dir.file(ERROR_LOG)}"
+    except RunError as refused:  # a link or special file where error.log belongs: said, not written through
+        where = f"no traceback written: {refused}"
+    result = RunResult.failed(spec, f"{why}; {where}",
                               Summary(wall_time_s=time.time() - t0), environment(device))
     if ddp.is_main():
         run_dir.write_result(result)
