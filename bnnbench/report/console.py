@@ -92,8 +92,8 @@ def print_console(tables: list[dict], console, ids: list[str] | None = None, wid
         widths.pop()
         rendered = [[r[:len(cols)] for r in rows] for rows in rendered]
     for t, rows in zip(tables, rendered):
-        table = Table(title=escape(t["title"]), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0),
-                      pad_edge=False, show_edge=False)
+        console.print(escape(t["title"]), style="italic")   # as wide as the terminal, not the table
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False)
         for h, width in zip(cols, widths):
             if h == "method":
                 table.add_column(_TERMINAL[h], overflow="fold", min_width=min(width, METHOD_MIN), ratio=1)
