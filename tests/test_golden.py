@@ -76,3 +76,41 @@ def test_ovsw_ags_sad_edit_matches_reference(golden):
     assert torch.allclose(g, d["grad_out"], rtol=1e-6, atol=1e-9)
     assert torch.equal(t, d["tracker_out"])
     assert torch.equal(p, d["weight_prev_out"])
+
+
+@pytest.mark.parametrize("name", ["reste_conv_16x32_s1_f32.pt", "reste_conv_16x32_s2_f32.pt",
+                                  "reste_conv_16x32_s1_f64.pt", "reste_conv_16x32_s2_f64.pt"])
+@pytest.mark.parametrize("epoch", ["epoch500", "epoch999"])
+def test_reste_conv_matches_reference(golden, name, epoch):
+    """ReSTE's layer, forward and backward (power estimator, secant constant on [-m, m], autograd through
+    mean|W|), against DravenALG/ReSTE's own outputs; o from the schedule at that epoch of 1000."""
+    from bnnbench.methods.reste import ReSTEConv2d, reste_o
+    d = golden(name)
+    sub, dtype = d[epoch], d["x"].dtype
+    assert reste_o(int(epoch[5:]), 1000, 3.0) == sub["o"].item()   # the schedule gives the golden's o
+
+    def setup(conv):
+        assert isinstance(conv, ReSTEConv2d) and conv.o.dtype == torch.float32
+        conv.o.fill_(sub["o"].item())
+    conv, x, out, out_eval = run_conv("reste", d, d["config"]["stride"], dtype, setup)
+    rel = 1e-10 if dtype == torch.float64 else 1e-5
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=rel, atol=rel * max(1.0, b.abs().max().item()))
+    assert close(out, sub["out_train"]) and close(out_eval, sub["out_eval"])
+    assert close(x.grad, sub["grad_x"]) and close(conv.weight.grad, sub["grad_weight"])
+    assert torch.allclose(conv.weight.abs().mean().reshape(1), d["scale"], rtol=rel)
+
+
+def test_reste_estimator_on_hand_made_values():
+    """g'(u) = (1/o)|u|^((1-o)/o) on (m, t], m^(1/o)/m on [0, m] (u = 0 included), 0 above t; o = 1: 1[|u| <= t]."""
+    from bnnbench.methods.reste import sign_reste
+    u = torch.tensor([0.0, 0.05, -0.1, 0.5, -1.0, 1.5, 1.6, -3.0], dtype=torch.float64, requires_grad=True)
+    o = torch.tensor([2.0])
+    sign_reste(u, o).sum().backward()
+    inside = 0.1 ** 0.5 / 0.1
+    want = [inside, inside, inside, 0.5 * 0.5 ** -0.5, 0.5, 0.5 * 1.5 ** -0.5, 0.0, 0.0]
+    assert torch.allclose(u.grad, torch.tensor(want, dtype=torch.float64))
+    u.grad = None
+    sign_reste(u, torch.tensor([1.0])).sum().backward()
+    assert u.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
