@@ -14,6 +14,7 @@ from conftest import ROOT, make_recipe
 from bnnbench.cli.main import build_parser, sweep_request
 from bnnbench.engine import train_run
 from bnnbench.engine.progress import Progress
+from bnnbench.plugins import METHODS
 from bnnbench.runner import plan
 from bnnbench.store import RunDir
 
@@ -161,11 +162,12 @@ def test_bad_input_messages_without_traceback(setup, tmp_path):
 def test_list_and_dry_run(setup):
     r = cli("--list")
     assert r.returncode == 0
-    for name in ("xnor", "bireal", "irnet", "recu", "ovsw", "resnet18", "resnet34", "cresnet18", "cresnet20",
+    for name in (*METHODS.names(), "resnet18", "resnet34", "cresnet18", "cresnet20",
                  "vgg_small", "digits-cresnet20", "cifar10-cresnet20"):
         assert re.search(rf"^\s+{name}\s", r.stdout, re.MULTILINE), name
     r = cli("--methods", "all", *run_args(setup, "--seeds", "2", "--dry-run"))
-    assert r.returncode == 0 and "10 runs: 10 to run" in r.stdout
+    n = 2 * len(METHODS.names())   # every registered method, two seeds
+    assert r.returncode == 0 and f"{n} runs: {n} to run" in r.stdout
     assert not (setup["out"] / "runs").exists()
 
 
