@@ -220,9 +220,11 @@ class RunDir:
             raise RunError(f"{p} is not a run configuration (a YAML mapping), got {type(doc).__name__}")
         return doc
 
-    def read_spec(self):
-        """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable)."""
-        return self._with_dependency_groups(RunSpec.from_dict(self.read_config(), where=str(self.file(CONFIG))))
+    def read_spec(self, doc: dict | None = None):
+        """The run's RunSpec from ``config.yaml`` (RunError naming the file when it is unreadable); ``doc``: the
+        file as :meth:`read_config` already read it."""
+        doc = self.read_config() if doc is None else doc
+        return self._with_dependency_groups(RunSpec.from_dict(doc, where=str(self.file(CONFIG))))
 
     def _with_dependency_groups(self, spec):
         """A run written before dependency references carried their run's group (bnnbench/config/spec.py
@@ -299,8 +301,9 @@ class RunDir:
         """Whether ``config.yaml`` is readable and describes the run ``spec_hash``: it records that hash and
         (for configurations with a ``schema``, i.e. written by this layout) its content hashes to it."""
         try:
-            doc = self.read_config()
-            return doc.get("hash") == spec_hash and (doc.get("schema") is None or self.read_spec().hash == spec_hash)
+            doc = self.read_config()  # read once; the hash does not involve the dependencies' groups
+            return doc.get("hash") == spec_hash and (
+                doc.get("schema") is None or RunSpec.from_dict(doc, where=str(self.file(CONFIG))).hash == spec_hash)
         except (RunError, KeyError, TypeError, ValueError):
             return False
 

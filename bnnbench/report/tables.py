@@ -49,8 +49,8 @@ def load_run(d: Path) -> StoredRun:
     """The run in ``d``; ValueError/RunError when its files are missing, corrupt or do not belong together."""
     rd = RunDir(d)
     doc = verify_result(read_json(d / RESULT))
-    spec = rd.read_spec()
-    cfg_hash = rd.read_config().get("hash")
+    config = rd.read_config()
+    spec, cfg_hash = rd.read_spec(config), config.get("hash")
     recorded = doc.get("spec_hash", doc.get("config_hash"))
     if recorded != cfg_hash:
         raise ValueError(f"{RESULT} belongs to run {recorded}, {CONFIG} to {cfg_hash}")
