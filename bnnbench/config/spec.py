@@ -252,9 +252,11 @@ def spec_fields(spec: RunSpec) -> dict[str, Any]:
                 plugins=dict(spec.plugins), stage=spec.stage)
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """The outcome of one run, as written to ``result.json`` (plus ``checksum``)."""
+@dataclass(frozen=True, kw_only=True)
+class RunResult(Summary, Environment):
+    """The outcome of one run, as written to ``result.json`` (plus ``checksum``): what the run was (the spec's
+    part, below), what it measured (:class:`Summary`) and where it ran (:class:`Environment`), kept flat in
+    the file."""
 
     status: str                      # "done" or "failed"
     reason: str | None
@@ -270,35 +272,10 @@ class RunResult:
     changes: Mapping[str, Any]
     seed: int
     epochs: int
-    epochs_run: int
+    epochs_run: int                  # required here (a result names how many epochs it ran)
     epochs_overridden: bool
     full_data: bool
-    final_top1: float | None = None
-    final_top5: float | None = None
-    final_test_loss: float | None = None
-    best_top1: float | None = None
-    best_top5_at_best: float | None = None
-    best_epoch: int | None = None
-    silent: float | None = None
-    flip_any: float | None = None
-    flip_net: float | None = None
-    net_change: float | None = None
-    wall_time_s: float = 0.0
-    train_time_s: float = 0.0
-    images_per_s: float | None = None
-    peak_memory_bytes: int = 0
-    peak_memory_scope: str = ""      # "run" (reset when the run started) or "process" (lifetime maximum)
-    numerics: Mapping[str, Any] = field(default_factory=dict)  # bnnbench/engine/numerics.py: TF32, cuDNN, AMP, ...
-    device: str = ""
-    torch: str = ""
-    bnnbench: str = ""
-    git_commit: str | None = None
-    ops: Mapping[str, Any] = field(default_factory=dict)
-    processes: int = 1
-    keep_freed_memory: bool = False
     plugins: Mapping[str, Any] = field(default_factory=dict)
-    metrics_sha256: str | None = None  # of metrics.jsonl as the run left it (plots read that file)
-    command: str = ""  # the command line of the process that finished the run
     stage: str = ""    # the two-stage recipe's stage ("teacher", "stage1", ...), "" for a single-stage run
 
     def to_dict(self) -> dict:
