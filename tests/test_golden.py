@@ -114,3 +114,57 @@ def test_reste_estimator_on_hand_made_values():
     u.grad = None
     sign_reste(u, torch.tensor([1.0])).sum().backward()
     assert u.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["biper_conv_16x32_s1_f32.pt", "biper_conv_16x32_s2_f32.pt",
+                                  "biper_conv_16x32_s1_f64.pt", "biper_conv_16x32_s2_f64.pt"])
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_biper_conv_matches_reference(golden, name, stage):
+    """BiPer's layer in both stages (stage 1: sin(omega W) real weights through ``binarize: activations``;
+    stage 2: sign(sin(omega W))), forward, gradients and the CIFAR regulariser, against edmav4/BiPer's own."""
+    from bnnbench.methods.biper import BiPer
+    d = golden(name)
+    sub, dtype = d[stage], d["x"].dtype
+    method = BiPer(overrides={"omega": float(d["config"]["freq"]), "tau": float(sub["reg_tau"])})
+
+    def setup(conv):
+        method.set_binarize(conv, "activations" if stage == "stage1" else "all")
+        with torch.no_grad():
+            conv.alpha.copy_(d["alpha"])
+    conv = method.conv(16, 32, 3, stride=d["config"]["stride"], padding=1).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(d["weight"])
+    setup(conv)
+    x = d["x"].clone().requires_grad_()
+    conv.train()
+    out = conv(x)
+    out.backward(d["grad_out"])
+    conv.eval()
+    with torch.no_grad():
+        out_eval = conv(d["x"])
+    rel = 1e-10 if dtype == torch.float64 else 1e-5
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=rel, atol=rel * max(1.0, b.abs().max().item()))
+    assert close(out, sub["out_train"]) and close(out_eval, sub["out_eval"])
+    assert close(x.grad, sub["grad_x"]) and close(conv.alpha.grad, sub["grad_alpha"])
+    assert close(conv.weight.grad, sub["grad_weight"])
+    conv.weight.grad = None
+    reg = method.penalty(conv)
+    reg.backward()
+    assert close(reg.reshape(1), sub["loss_reg"].reshape(1)) and close(conv.weight.grad, sub["grad_weight_reg"])
+
+
+def test_biper_weight_sign_is_that_of_the_sine():
+    """sign(sin(omega W)): a positive W in (pi/omega, 2 pi/omega) deploys as -1; dW = omega cos(omega W) g."""
+    from bnnbench.methods.biper import BiPer
+    conv = BiPer().conv(1, 1, 1)
+    w = torch.tensor([0.1, 0.2, -0.1, -0.2], dtype=torch.float64)  # omega = 20: sin(2) > 0, sin(4) < 0
+    conv = conv.double()
+    with torch.no_grad():
+        conv.weight.copy_(w.view(4, 1, 1, 1)[:1])
+    u = w.clone().requires_grad_()
+    bw = conv.binarize_weight(u)
+    assert bw.tolist() == [1.0, -1.0, -1.0, 1.0]
+    bw.sum().backward()
+    assert torch.allclose(u.grad, 20 * torch.cos(20 * w))

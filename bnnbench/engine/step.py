@@ -10,12 +10,16 @@ from bnnbench.engine import distributed as ddp
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, scaler, method,
                use_amp: bool, grad_clip: float | None = None,
                amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """forward (autocast) -> loss -> backward through the GradScaler -> unscale -> ``method.after_backward``
+    """forward (autocast) -> loss (+ ``method.penalty(model)``) -> backward through the GradScaler -> unscale ->
+    ``method.after_backward``
     (gradient edits in true units) -> optional clipping -> step -> scaler update. ``amp_dtype``: autocast's
     dtype (default: the device's, fp16 on CUDA). Returns (loss, output), detached."""
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
         out = model(x)
         loss = criterion(out, y, x) if getattr(criterion, "needs_input", False) else criterion(out, y)
+        penalty = method.penalty(model)
+        if penalty is not None:
+            loss = loss + penalty
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)

@@ -39,8 +39,9 @@ class BinaryConv2d(nn.Conv2d):
     """Conv2d with binarised weight and input; subclasses define the binarizers and the scale.
 
     ``binary_inputs`` / ``binary_weights`` (both True unless the run's ``binarize`` setting says otherwise,
-    see :meth:`bnnbench.plugins.method.Method.set_binarize`): with real weights the conv uses the latent weight W
-    itself (no weight binarizer, no output scale), with real inputs it convolves x itself.
+    see :meth:`bnnbench.plugins.method.Method.set_binarize`): with real weights the conv uses
+    :meth:`real_weight` (default the latent weight W itself: no weight binarizer, no output scale), with real
+    inputs it convolves x itself.
     """
 
     binary_inputs = True
@@ -68,6 +69,12 @@ class BinaryConv2d(nn.Conv2d):
     def output_scale(self) -> Tensor | None:
         """Per-output-channel factor multiplied onto the conv output, shape (1, C_out, 1, 1), or None."""
         return None
+
+    def real_weight(self, w: Tensor) -> Tensor:
+        """The weight a stage with real-valued weights convolves (``binarize: activations``, stage 1 of
+        two-stage training; or a full-precision teacher). Default: the latent weight W itself, no scale.
+        BiPer's stage 1 convolves sin(omega W) * alpha (``methods/biper.py``)."""
+        return w
 
     # --- flip tracking ------------------------------------------------------------------------------------
     def effective_sign(self) -> Tensor:
@@ -133,7 +140,7 @@ class BinaryConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.binary_inputs and self.binary_weights):  # a stage of two-stage training, or a teacher
             xb = self._counted(self.binarize_input(x)) if self.binary_inputs else x
-            return self._conv_forward(xb, self.weight, self.bias)
+            return self._conv_forward(xb, self.real_weight(self.weight), self.bias)
         if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the scale
             # (eager only: the cache and the representability check are host logic; a compiled model

@@ -26,6 +26,8 @@ Everything that distinguishes a method lives in the plugin:
   learnable thresholds, that never get it; ``by_name`` is a method's own rule, e.g. ReCU's);
 * ``activation(channels)``: the module architectures put between binary convs (default ``nn.Hardtanh``);
 * ``loss(settings)``: the training loss (default cross-entropy with the recipe's label smoothing);
+* ``penalty(model)``: a term added to the training loss that depends on the model's parameters (BiPer's
+  sin^2 regulariser), or None (default);
 * ``references()``: its published results, for the leaderboard's paper column.
 
 The engine only ever talks to this interface; it never names a method.
@@ -162,6 +164,11 @@ class Method:
         """The training loss; ``settings`` is the run's TrainSettings."""
         return nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
+    def penalty(self, model: nn.Module):
+        """A scalar tensor added to the training loss (inside autocast, before backward), or None: a
+        regulariser over the model's parameters, e.g. BiPer's tau * sum_layers mean(sin^2(omega W))."""
+        return None
+
     def set_binarize(self, model: nn.Module, mode: str) -> None:
         """Make the model's binary convs binarise ``mode``: "all" (1W1A), "activations" (binary activations,
         real weights: stage 1 of ReActNet-style two-stage training) or "none" (full precision, a teacher).
@@ -192,7 +199,7 @@ class Method:
 #: the hooks a method may override, with the arguments the trainer passes (after ``self``)
 HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
          "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
-         "activation": ("channels",), "loss": ("settings",), "set_binarize": ("model", "mode")}
+         "activation": ("channels",), "loss": ("settings",), "penalty": ("model",), "set_binarize": ("model", "mode")}
 
 
 def check_method_class(cls) -> None:
