@@ -1,7 +1,9 @@
-"""Parity with the authors' own OvSW and ReCU code (golden tensors in ../shared/reference/golden)."""
+"""Parity with the authors' own code, method by method: golden tensors in ../shared/reference/golden (see its
+README)."""
 import pytest
 import torch
 from bnnbench.methods.ovsw import ags_, sad_
+from torch import nn
 
 from bnnbench.plugins import METHODS
 
@@ -255,3 +257,25 @@ def test_rbonn_recurrent_step_matches_reference(golden, suffix):
     assert close_rel(conv.weight.grad, first["grad_weight"], dtype)
     assert close_rel(conv.scale_raw.grad, first["grad_scale_raw"], dtype)
     assert not conv.u.grad.any()  # no previous gradient: u gets a zero gradient (the authors' u: none)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_bop_trajectory_matches_reference(golden, dtype):
+    """Three Bop steps (larq's rule) through BopOptimizer: m and W after each step, the flip condition,
+    and the edge entries (tie -> +1, W = 0 -> +1, real-valued W binarised)."""
+    from bnnbench.methods.bop import BopOptimizer
+    d = golden(f"bop_trajectory_3step_{dtype}.pt")
+    w = nn.Parameter(d["steps"][0]["w_before"].clone())
+    opt = BopOptimizer([w], lambda step: d["gamma"], d["threshold"])
+    for k, s in enumerate(d["steps"]):
+        assert torch.equal(w.data, s["w_before"])
+        if k == 0:
+            opt.state[w]["m"] = s["m_before"].clone()  # the golden's m0 holds the tie entries
+        assert torch.equal(opt.state[w]["m"], s["m_before"])
+        w.grad = s["grad"].clone()
+        opt.step()
+        assert torch.allclose(opt.state[w]["m"], s["m_after"], rtol=1e-6 if dtype == "f32" else 1e-14, atol=0)
+        assert torch.equal(w.data, s["w_after"]), int((w.data != s["w_after"]).sum())
+        assert int((s["w_after"] != s["w_before"]).sum()) == s["n_changed"]
+    flat = d["steps"][0]["w_after"].flatten()
+    assert flat[:5].tolist() == [1.0, 1.0, 1.0, -1.0, -1.0]  # the edge entries (golden README)

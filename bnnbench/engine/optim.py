@@ -10,6 +10,10 @@ With t the (fractional) epoch, E the epochs, W the warmup epochs and u = 1 (per-
 * linear: lr = lr0 * (1 - (t + u) / E)                                       (Bi-Real PyTorch LambdaLR)
 * step:   lr = lr0 * lr_gamma ** #{m in milestones : t >= m}
 * constant: lr = lr0
+
+A method may update some parameters itself (:meth:`~bnnbench.plugins.method.Method.optimizer`, e.g. Bop
+for the binary weights, as larq's ``CaseOptimizer`` routes them): those leave the recipe's optimizer (no
+weight decay, no momentum from it) and :class:`CompositeOptimizer` steps both and checkpoints both.
 """
 from __future__ import annotations
 
@@ -21,14 +25,16 @@ from torch import nn
 from bnnbench.plugins.method import Method
 
 
-def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None,
+                 exclude: frozenset[int] = frozenset()) -> list[dict]:
     """[{decayed params, weight_decay}, {the rest, 0}]; ``method.decays(name, param, policy)`` decides
-    (the :class:`~bnnbench.plugins.method.Method` default when ``method`` is None)."""
+    (the :class:`~bnnbench.plugins.method.Method` default when ``method`` is None); parameters whose id is in
+    ``exclude`` (a method's own optimizer holds them) are left out."""
     if method is None:
         method = Method()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in exclude:
             (decay if method.decays(name, p, policy) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
@@ -36,13 +42,52 @@ def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None
     return groups
 
 
-def make_optimizer(model: nn.Module, st, method=None) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``model`` (``st``: the run's TrainSettings)."""
-    groups = param_groups(model, st.weight_decay, st.wd_policy, method)
+def make_optimizer(model: nn.Module, st, method=None, steps_per_epoch: int = 1):
+    """The recipe's optimizer over ``model`` (``st``: the run's TrainSettings), or, when ``method`` updates
+    some parameters itself, a :class:`CompositeOptimizer` of the recipe's over the rest and the method's."""
+    own = method.optimizer(model, st, steps_per_epoch) if method is not None else None
+    claimed = frozenset(id(p) for g in own.param_groups for p in g["params"]) if own is not None else frozenset()
+    groups = param_groups(model, st.weight_decay, st.wd_policy, method, claimed)
     if st.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=st.lr, momentum=st.momentum, nesterov=st.nesterov)
-    cls = torch.optim.Adam if st.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=st.lr, betas=tuple(st.betas))
+        recipe = torch.optim.SGD(groups, lr=st.lr, momentum=st.momentum, nesterov=st.nesterov)
+    else:
+        cls = torch.optim.Adam if st.optimizer == "adam" else torch.optim.AdamW
+        recipe = cls(groups, lr=st.lr, betas=tuple(st.betas))
+    return recipe if own is None else CompositeOptimizer(recipe, own)
+
+
+class CompositeOptimizer:
+    """The recipe's optimizer and a method's own, used as one: ``param_groups`` lists the recipe's groups
+    first (the learning-rate schedule sets ``lr`` on every group; a method's optimizer that has no learning
+    rate, such as Bop, ignores it), ``step`` and ``zero_grad`` act on both, and the state dict holds both,
+    so a resumed run continues both (larq's ``CaseOptimizer`` in PyTorch form). GradScaler accepts it: it
+    only reads ``param_groups`` and calls ``step``."""
+
+    def __init__(self, recipe: torch.optim.Optimizer, own: torch.optim.Optimizer):
+        self.recipe, self.own = recipe, own
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.recipe.param_groups + self.own.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.recipe.zero_grad(set_to_none=set_to_none)
+        self.own.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = self.recipe.step(closure)
+        self.own.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"recipe": self.recipe.state_dict(), "method": self.own.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"recipe", "method"}:
+            raise ValueError(f"optimizer state with keys {sorted(state)[:5]} is not a composite one "
+                             f"(recipe + method): the checkpoint was written by another optimizer set-up")
+        self.recipe.load_state_dict(state["recipe"])
+        self.own.load_state_dict(state["method"])
 
 
 def lr_at(st, t: float, unit: float = 1.0) -> float:

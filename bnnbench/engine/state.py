@@ -52,7 +52,7 @@ def build_state(spec: RunSpec, runs_dir: Path, device: torch.device, data_root: 
     net = net.to(device, memory_format=torch.channels_last)
     ops = count_ops(net, arch.input_size).as_dict()
     model = wrap(net, device, nums["compile"])
-    optimizer = make_optimizer(net, st, method)
+    optimizer = make_optimizer(net, st, method, len(train_loader))
     use_amp = nums["amp"] is not None
     criterion = method.loss(st)
     if st.distill_weight > 0:

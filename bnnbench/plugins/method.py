@@ -19,6 +19,9 @@ Everything that distinguishes a method lives in the plugin:
 * ``on_epoch_start(model, epoch, epochs)``: per-epoch schedules (ReCU's tau, IR-Net's EDE t/k);
 * ``after_backward(model)``: gradient editing after backward, after AMP unscaling, before the optimizer
   step (OvSW's AGS + SAD); works with any optimizer because it only edits ``.grad``;
+* ``optimizer(model, settings, steps_per_epoch)``: a ``torch.optim.Optimizer`` over parameters the method
+  updates itself (Bop's binary weights), which leave the recipe's optimizer; None (default) for none. Its
+  state is checkpointed with the recipe's; keep schedules in it (e.g. from its step count), not in Python;
 * ``effective_sign`` (on the conv class): the sign the forward pass really uses, for flip tracking;
 * ``epoch_stats(model)``: extra per-epoch numbers for the run's metrics;
 * ``decays(name, param, policy)`` / ``no_decay``: which parameters get weight decay under the recipe's
@@ -138,6 +141,12 @@ class Method:
     def after_backward(self, model: nn.Module) -> None:
         """Edit ``.grad`` in place after backward and AMP unscaling, before the optimizer step."""
 
+    def optimizer(self, model: nn.Module, settings, steps_per_epoch: int):
+        """An optimizer over the parameters this method updates itself, or None (every parameter goes to the
+        recipe's optimizer). The parameters it holds get no weight decay or momentum from the recipe; the
+        learning-rate schedule sets ``lr`` on its groups too (ignore it if the rule has none)."""
+        return None
+
     # --- seams with defaults -------------------------------------------------------------------------------
     def decays(self, name: str, param: nn.Parameter, policy: str) -> bool:
         """Whether parameter ``name`` gets weight decay under ``wd_policy = policy``."""
@@ -198,6 +207,7 @@ class Method:
 
 #: the hooks a method may override, with the arguments the trainer passes (after ``self``)
 HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
+         "optimizer": ("model", "settings", "steps_per_epoch"),
          "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
          "activation": ("channels",), "loss": ("settings",), "penalty": ("model",), "set_binarize": ("model", "mode")}
 
