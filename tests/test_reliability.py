@@ -107,6 +107,32 @@ def test_kill9_at_chosen_points_then_resume_matches(env, reference):
     assert not rd.file("lock").exists(), "the dead worker's claim on the finished run is gone"
 
 
+@pytest.mark.parametrize("method, extra", [("bop", ()), ("rebnn", ("--hp", "rebnn.recurrent=true"))],
+                         ids=["bop", "rbonn"])
+def test_kill9_of_a_method_with_state_across_steps_resumes_exactly(tmp_path, method, extra):
+    """Bop's gradient average (optimizer state) and RBONN's previous gradient (buffers) survive a kill -9 in
+    the middle of epoch 2: the resumed run ends with the uninterrupted run's weights and metrics."""
+    data = make_cifar(tmp_path / "data")
+    recipe = make_recipe(tmp_path / "tiny.yaml", epochs=2)
+
+    def args(out):
+        return ["--methods", method, "--recipe", recipe, "--data-root", data, "--out", out, "--device", "cpu",
+                *extra]
+    p = start(args(tmp_path / "ref"))
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log
+    out = tmp_path / "killed"
+    p = start(args(out), f"step:{STEPS_PER_EPOCH + 3}")  # epoch 2, after the epoch-1 checkpoint
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == -signal.SIGKILL, log
+    assert only_run(out).load_checkpoint()["epoch"] == 0  # 0-based: epoch 1 done
+    TALLY["faults injected"] += 1
+    p = start(args(out))
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log
+    assert_same(final_state(out), final_state(tmp_path / "ref"))
+
+
 def test_preemption_signals_checkpoint_and_resume(env, reference):
     args, tmp = env
     out = tmp / "pre"
