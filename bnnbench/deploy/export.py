@@ -4,8 +4,9 @@ The file is a plain torch file (``torch.load(path, weights_only=True)`` reads it
 
 * ``spec``: the run's :class:`~bnnbench.config.spec.RunSpec` (``config.yaml``), so the topology can be rebuilt;
 * ``binary``: for every binary conv, its weight signs packed 8 to a byte (``numpy.packbits`` of
-  sign > 0 over the flattened (C_out, C_in, kh, kw) tensor: 1 bit per binary weight), its shape and its
-  per-output-channel float32 scale, from the layer's
+  sign > 0 over the flattened (C_out, C_in, kh, kw) tensor: 1 bit per binary weight), its shape, its
+  per-output-channel float32 scale and the optional terms of its form (``threshold``, ``act_sum``,
+  ``weight_sum``, ``count``; None when absent), from the layer's
   :meth:`~bnnbench.nn.layers.BinaryConv2d.inference_form` (the plugin API: no method is named here);
 * ``state``: every other parameter and buffer of the model in float32 (stem, BatchNorm, shortcuts, head);
 * ``recorded``: the run's final-epoch test figures, which ``run_bench.py evaluate FILE`` compares with.
@@ -13,8 +14,9 @@ The file is a plain torch file (``torch.load(path, weights_only=True)`` reads it
 On disk the tensors sit in one flat tensor per dtype (``store``), so the file is close to the packed size.
 
 :func:`load_exported` rebuilds the backbone from the spec and puts a :class:`SignConv2d` in place of each
-binary conv. That layer computes ``scale[o] * conv(sign(x), signs)``, which is the trained model's own
-evaluation forward (``BinaryConv2d.forward`` in eval mode) op for op, so the rebuilt model's outputs equal
+binary conv. That layer computes :meth:`~bnnbench.nn.layers.InferenceForm.apply` (``scale[o] *
+conv(sign(x), signs)`` plus any offset terms), which is the trained model's own evaluation forward
+(``BinaryConv2d.forward`` in eval mode) op for op, so the rebuilt model's outputs equal
 the trained model's bit for bit; ``tests/test_export.py`` checks every test prediction.
 """
 from __future__ import annotations
@@ -29,28 +31,29 @@ from bnnbench.config.spec import RunSpec
 from bnnbench.deploy.packed import replace_layers
 from bnnbench.engine import run_model
 from bnnbench.errors import BnnBenchError, ConfigError, RunError, describe_exception
-from bnnbench.nn.layers import BinaryConv2d, binary_layers
+from bnnbench.nn.layers import OPTIONAL_TERMS, BinaryConv2d, InferenceForm, binary_layers
 from bnnbench.plugins import definition_site
 from bnnbench.store import atomic_torch_save, load_torch
 
 FORMAT = "bnnbench-1bit"
-VERSION = 1
+VERSION = 2           # 2: the optional form terms (threshold, act_sum, weight_sum, count)
+READS = (1, 2)        # a version-1 file has the plain form only
 
 
 class SignConv2d(nn.Module):
-    """``y = scale[o] * conv(sign(x), signs) (+ bias)``: a binary conv rebuilt from its exported form."""
+    """A binary conv rebuilt from its exported form: ``form.apply(form.input_signs(x)) (+ bias)``."""
 
-    def __init__(self, like: BinaryConv2d, signs: Tensor, scale: Tensor, bias: Tensor | None):
+    def __init__(self, like: BinaryConv2d, form: InferenceForm, bias: Tensor | None):
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = like.stride, like.padding, like.dilation, like.groups
-        self.register_buffer("signs", signs.float())
-        self.register_buffer("scale", scale.float())
+        self.form = form
         self.register_buffer("bias", None if bias is None else bias.float())
 
+    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        return nn.functional.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = nn.functional.conv2d(torch.sign(x), self.signs.to(x.dtype), None, self.stride, self.padding,
-                                   self.dilation, self.groups)
-        out = out * self.scale.to(out.dtype).view(1, -1, 1, 1)
+        out = self.form.apply(self.form.input_signs(x), self._conv)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
@@ -77,7 +80,7 @@ def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
             raise ConfigError(f"cannot export binary conv {name!r} ({site}): {why}") from None
         bias = None if layer.bias is None else layer.bias.detach().float().cpu()
         binary[name] = {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale,
-                        "bias": bias}
+                        "bias": bias, **form.tensors()}
         skip.add(name)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if not any(k.startswith(f"{b}.") for b in skip)}
@@ -176,9 +179,9 @@ def load_exported(path: Path) -> tuple[object, nn.Module]:
     """(RunSpec, the rebuilt model in eval mode) from an export file. Every part is checked against the
     backbone its spec names before it is used; a damaged or crafted file is one RunError naming it."""
     doc = read(path)
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READS:
         raise RunError(f"{path}: export version {str(doc.get('version'))[:40]!r} is not supported (this bnnbench "
-                       f"reads version {VERSION})")
+                       f"reads versions {', '.join(map(str, READS))})")
     try:
         return _rebuild(doc, path)
     except BnnBenchError:
@@ -204,7 +207,15 @@ def _rebuild(doc: dict, path: Path) -> tuple[object, nn.Module]:
         if not isinstance(e["scale"], Tensor) or e["scale"].numel() != shape[0] or not (
                 e["bias"] is None or isinstance(e["bias"], Tensor) and e["bias"].numel() == shape[0]):
             raise RunError(f"{path}: binary conv {name!r}: its scale or bias is not one value per output channel")
-        return SignConv2d(layer, unpack_bits(e["bits"], shape), e["scale"].reshape(-1), e["bias"])
+        extra = {k: e.get(k) for k in OPTIONAL_TERMS}
+        for k, v in extra.items():
+            if v is not None and not (isinstance(v, Tensor) and v.numel() == (1 if k == "threshold" else shape[0])):
+                raise RunError(f"{path}: binary conv {name!r}: its {k} is not "
+                               f"{'one value' if k == 'threshold' else 'one value per output channel'}")
+        form = InferenceForm(unpack_bits(e["bits"], shape).float(), e["scale"].reshape(-1).float(),
+                             **{k: None if v is None else v.float().reshape(() if k == "threshold" else -1)
+                                for k, v in extra.items()})
+        return SignConv2d(layer, form, e["bias"])
     model = replace_layers(model, rebuild)
     missing, unexpected = model.load_state_dict(doc["state"], strict=False)
     missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in names)]

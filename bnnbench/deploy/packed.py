@@ -34,7 +34,11 @@ def _pair(v, what: str, where: str) -> int:
 
 class PackedBinaryConv2d(nn.Module):
     """``y = scale[o] * (n - 2 popcount(bits(x) XOR bits(W)))`` over the taps inside the input
-    (``bnnbench/deploy/kernels.py``); float32 output in channels_last memory."""
+    (``bnnbench/deploy/kernels.py``); float32 output in channels_last memory. A form with offsets
+    (:class:`~bnnbench.nn.layers.InferenceForm`: threshold, box sum, border terms) packs sign(x - threshold),
+    gets the box sum of the input signs from one extra all-ones filter in the same kernel call (an integer,
+    exact), adds the input-independent border map (cached per input size) and combines the parts with the
+    form's own float ops, as the trained model's evaluation does."""
 
     def __init__(self, layer: BinaryConv2d, name: str, isa: str | None = None):
         super().__init__()
@@ -50,26 +54,47 @@ class PackedBinaryConv2d(nn.Module):
         self.stride = _pair(layer.stride, "stride", where)
         self.padding = _pair(layer.padding, "padding", where)
         self.isa, self._isa = isa, kernels.isa_index(isa)
-        packed = kernels.pack_weights(form.signs)
+        self.form = form
+        self.rows = self.out_channels + (form.act_sum is not None)  # + the all-ones filter of the box sum
+        signs = form.signs if self.rows == self.out_channels else \
+            torch.cat([form.signs, torch.ones_like(form.signs[:1])])
+        packed = kernels.pack_weights(signs)
         self.packed_shape = tuple(packed.shape)  # kept flat: .to(memory_format=...) must not permute it
         self.register_buffer("packed_weight", packed.reshape(-1))
         self.register_buffer("scale", form.scale.to(torch.float32).contiguous())
+        self._borders: dict[tuple[int, int], Tensor | None] = {}
+
+    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding)
+
+    def _shifted(self, x: Tensor) -> Tensor:
+        return x.float() if self.form.threshold is None else x.float() - self.form.threshold
+
+    def _integers(self, x: Tensor) -> Tensor:
+        packed_x = kernels.pack_activations(self._shifted(x), self.isa)
+        return kernels.binconv2d(packed_x, self.packed_weight.view(self.packed_shape), self.in_channels,
+                                 self.rows, self.kernel_size, self.stride, self.padding, None, self.isa)
 
     def dot(self, x: Tensor) -> Tensor:
-        """The integer conv outputs (int32) before the scale."""
-        packed_x = kernels.pack_activations(x.float(), self.isa)
-        return kernels.binconv2d(packed_x, self.packed_weight.view(self.packed_shape), self.in_channels,
-                                 self.out_channels, self.kernel_size, self.stride, self.padding, None, self.isa)
+        """The integer conv outputs (int32) of the signs before any float term."""
+        return self._integers(x)[:, :self.out_channels]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float().contiguous(memory_format=torch.channels_last)
-        return kernels.binconv2d_float(x, self.packed_weight.view(self.packed_shape), self.in_channels,
-                                       self.out_channels, self.kernel_size, self.stride, self.padding, self.scale,
-                                       self._isa)
+        if self.form.plain:
+            return kernels.binconv2d_float(x, self.packed_weight.view(self.packed_shape), self.in_channels,
+                                           self.out_channels, self.kernel_size, self.stride, self.padding,
+                                           self.scale, self._isa)
+        ints = self._integers(x).float()
+        key = tuple(x.shape[-2:])
+        if key not in self._borders:
+            self._borders[key] = self.form.border(self._conv, x[:1].contiguous())
+        box = ints[:, self.out_channels:] if self.rows > self.out_channels else None
+        return self.form.combine(ints[:, :self.out_channels], box, self._borders[key])
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, packed={self.packed_shape}")
+                f"padding={self.padding}, packed={self.packed_shape}" + ("" if self.form.plain else ", offsets"))
 
 
 def replace_layers(model: nn.Module, make) -> nn.Module:
@@ -120,7 +145,7 @@ class LayerCheck:
     name: str
     outputs: int          # output values compared
     mismatches: int       # of those, how many differ (0 for an exact kernel)
-    zero_inputs: int      # input values exactly 0 (sign 0 in the trained model, +1 in the packed form)
+    zero_inputs: int      # input values exactly at the threshold (sign 0 in the trained model, +1 packed)
     skipped_outputs: int  # output values with a zero input in their window: not compared
 
 
@@ -143,9 +168,10 @@ class ExactReport:
 def check_layer(name: str, trained: BinaryConv2d, packed: PackedBinaryConv2d, x: Tensor) -> LayerCheck:
     """Integer outputs of the packed conv against the trained conv's float conv of +-1 values, on input ``x``."""
     form = trained.inference_form()
-    ref = trained._conv_forward(torch.sign(x.float()), form.signs.float(), None)  # exact integers in fp32
+    signs = form.input_signs(x.float())
+    ref = trained._conv_forward(signs, form.signs.float(), None)  # exact integers in fp32
     got = packed.dot(x).to(torch.float32)
-    zeros = (x == 0).float()
+    zeros = (signs == 0).float()
     window = torch.ones(1, trained.in_channels, *trained.kernel_size)  # every channel, every tap
     touched = (F.conv2d(zeros, window, stride=trained.stride, padding=trained.padding) > 0).expand_as(ref)
     mism = int(((ref != got) & ~touched).sum())

@@ -24,15 +24,71 @@ FILTER_DIMS = (1, 2, 3)  # the dimensions spanning one output filter of a (C_out
 
 @dataclass(frozen=True)
 class InferenceForm:
-    """A binary conv at evaluation: ``y[o] = scale[o] * sum over taps inside the input of sign(x) * signs[o]``.
+    """A binary conv at evaluation, with s = sign(x - threshold) (sign(x) when ``threshold`` is None)::
 
-    ``signs``: int8 (C_out, C_in, kh, kw), every value -1 or +1; ``scale``: float32 (C_out,). Padding,
-    stride and the rest of the geometry are the conv's own. This is what ``bnnbench/deploy/packed.py`` packs
-    into bits for the XNOR-popcount kernels.
+        y[o, p] = scale[o]      * sum_{taps inside the input} s * signs[o]      (the XNOR-popcount dot)
+                + act_sum[o]    * sum_{taps inside the input} s                 (box sum of the input signs)
+                + weight_sum[o] * sum_{taps inside the input} signs[o]          (border map of the weight signs)
+                + count[o]      * number of (channel, tap) pairs inside the input
+
+    ``signs``: int8 (C_out, C_in, kh, kw), every value -1 or +1; ``scale``: float32 (C_out,); the optional
+    terms are float32 (C_out,) (``threshold`` a float32 scalar), None when absent: the common form is the
+    first line alone. Padding, stride and the rest of the geometry are the conv's own; padded taps
+    contribute nothing (zero padding after binarisation, as every reference does). AdaBin's affine binary
+    sets need all four terms (``methods/adabin.py``). ``bnnbench/deploy/packed.py`` runs the dot and the box
+    sum on the XNOR-popcount kernels (integers, exact) and :meth:`apply` is the float evaluation that the
+    trained model's eval forward, the export (``bnnbench/deploy/export.py``) and the kernels' float epilogue
+    share.
     """
 
     signs: Tensor
     scale: Tensor
+    threshold: Tensor | None = None
+    act_sum: Tensor | None = None
+    weight_sum: Tensor | None = None
+    count: Tensor | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Only the first term: ``y = scale[o] * conv(sign(x), signs)``."""
+        return self.threshold is None and self.act_sum is None and self.weight_sum is None and self.count is None
+
+    def input_signs(self, x: Tensor) -> Tensor:
+        """s = sign(x - threshold) (torch.sign: 0 where exactly at the threshold)."""
+        return torch.sign(x if self.threshold is None else x - self.threshold.to(x.dtype))
+
+    def border(self, conv: Callable[[Tensor, Tensor], Tensor], like: Tensor) -> Tensor | None:
+        """weight_sum[o] * conv(1, signs) + count[o] * conv(1, 1): the input-independent part, (1, C_out, Ho, Wo)."""
+        if self.weight_sum is None and self.count is None:
+            return None
+        ones = like.new_ones(1, *like.shape[1:])
+        out = 0
+        if self.weight_sum is not None:
+            out = out + conv(ones, self.signs.to(like.dtype)) * self.weight_sum.to(like.dtype).view(1, -1, 1, 1)
+        if self.count is not None:
+            taps = conv(ones, like.new_ones(1, *self.signs.shape[1:]))
+            out = out + taps * self.count.to(like.dtype).view(1, -1, 1, 1)
+        return out
+
+    def combine(self, dot: Tensor, box: Tensor | None, border: Tensor | None) -> Tensor:
+        """The form from its integer parts: ``dot`` (N, C_out, Ho, Wo), ``box`` (N, 1, Ho, Wo) or None."""
+        out = dot * self.scale.to(dot.dtype).view(1, -1, 1, 1)
+        if self.act_sum is not None:
+            out = out + box * self.act_sum.to(dot.dtype).view(1, -1, 1, 1)
+        return out if border is None else out + border
+
+    def apply(self, s: Tensor, conv: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """The form on the input signs ``s``, with ``conv(input, weight)`` the layer's geometry (float)."""
+        dot = conv(s, self.signs.to(s.dtype))
+        box = conv(s, s.new_ones(1, *self.signs.shape[1:])) if self.act_sum is not None else None
+        return self.combine(dot, box, self.border(conv, s))
+
+    def tensors(self) -> dict[str, Tensor | None]:
+        """The optional terms by name (what an export stores besides the signs and the scale)."""
+        return {k: getattr(self, k) for k in OPTIONAL_TERMS}
+
+
+OPTIONAL_TERMS = ("threshold", "act_sum", "weight_sum", "count")
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -96,23 +152,39 @@ class BinaryConv2d(nn.Conv2d):
             return None
         return torch.sign(w), mag
 
-    def inference_form(self) -> InferenceForm:
-        """This conv at evaluation as ``y = scale[o] * conv(sign(x), signs)`` (see :class:`InferenceForm`).
+    def deployed_form(self) -> InferenceForm | None:
+        """This conv at evaluation as an :class:`InferenceForm` in the weight's dtype, or None where it has
+        none (then evaluation uses the training formula and the export refuses the layer). Default: the
+        plain form from :meth:`signs_and_scale`. A method whose binary sets carry offsets overrides this
+        (AdaBin)."""
+        form = self.signs_and_scale()
+        return None if form is None else InferenceForm(*form)
 
-        Default: from :meth:`signs_and_scale` (a negative learnt scale folds into the signs), provided the
-        eval-mode input binarizer is ``torch.sign`` (checked on a probe tensor that includes 0). A method
-        whose deployed form differs overrides this.
+    def inference_form(self) -> InferenceForm:
+        """This conv at evaluation for the export and the 1-bit kernels (see :class:`InferenceForm`): signs
+        int8, the rest float32, on the CPU.
+
+        From :meth:`deployed_form` (a negative learnt scale folds into the signs); a plain form also needs
+        the eval-mode input binarizer to be ``torch.sign`` (checked on a probe tensor that includes 0).
         """
         where = f"{type(self).__name__} ({type(self).__module__})"
         if not (self.binary_inputs and self.binary_weights):
             raise ValueError(f"{where}: this run binarises {'activations only' if self.binary_inputs else 'nothing'}"
                              f" (binarize setting), so the layer has no 1-bit form")
-        form = self.signs_and_scale()
+        with torch.no_grad():
+            form = self.deployed_form()
         if form is None:
             zeros = int((self.effective_sign() == 0).sum())
             raise ValueError(f"{where}: the effective weight binarize_weight(W) * output_scale() is not +-a_o "
                              f"within each output filter" + (f": {zeros} weights have sign 0 (exactly 0), which "
-                             f"1-bit weights cannot represent" if zeros else "; override inference_form"))
+                             f"1-bit weights cannot represent" if zeros else "; override deployed_form"))
+        if form.plain:
+            self._check_sign_input(where)
+        extra = {k: None if v is None else v.detach().float().cpu().contiguous() for k, v in form.tensors().items()}
+        return InferenceForm(signs=form.signs.to(torch.int8).cpu(), scale=form.scale.float().cpu().contiguous(),
+                             **extra)
+
+    def _check_sign_input(self, where: str) -> None:
         probe = torch.linspace(-2.0, 2.0, 41).view(1, 1, 41, 1).expand(1, self.in_channels, 41, 1).contiguous()
         was_training = self.training
         self.eval()
@@ -123,17 +195,16 @@ class BinaryConv2d(nn.Conv2d):
             self.train(was_training)
         if not torch.equal(probe_out.cpu(), torch.sign(probe)):
             raise ValueError(f"{where}: the eval-mode input binarizer is not torch.sign(x); "
-                             f"override inference_form to give the layer's deployed form")
-        signs, scale = form
-        return InferenceForm(signs=signs.to(torch.int8).cpu(), scale=scale.float().cpu().contiguous())
+                             f"override deployed_form to give the layer's deployed form")
 
-    def _eval_weights(self) -> tuple[Tensor, Tensor] | None:
-        """:meth:`signs_and_scale`, cached until a parameter or buffer of this layer changes."""
+    def _eval_form(self) -> InferenceForm | None:
+        """:meth:`deployed_form`, cached until a parameter or buffer of this layer changes."""
         state = (*self.parameters(), *(b for n, b in self.named_buffers() if n != "sign0"))
         key = tuple((t.data_ptr(), t._version) for t in state)
         cache = self.__dict__.get("_eval_cache")
         if cache is None or cache[0] != key:
-            cache = (key, self.signs_and_scale())
+            with torch.no_grad():
+                cache = (key, self.deployed_form())
             self.__dict__["_eval_cache"] = cache
         return cache[1]
 
@@ -142,13 +213,13 @@ class BinaryConv2d(nn.Conv2d):
             xb = self._counted(self.binarize_input(x)) if self.binary_inputs else x
             return self._conv_forward(xb, self.real_weight(self.weight), self.bias)
         if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the scale
-            # (eager only: the cache and the representability check are host logic; a compiled model
-            # evaluates with the training formula below, equal to float rounding)
-            form = self._eval_weights()
+            # evaluation computes what the 1-bit kernels compute: exact integer conv of +-1, then the form's
+            # float terms (eager only: the cache and the representability check are host logic; a compiled
+            # model evaluates with the training formula below, equal to float rounding)
+            form = self._eval_form()
             if form is not None:
-                out = self._conv_forward(self._counted(self.binarize_input(x)), form[0].to(x.dtype), None)
-                out = out * form[1].to(out.dtype).view(1, -1, 1, 1)
+                s = self.binarize_input(x) if form.threshold is None else form.input_signs(x)
+                out = form.apply(self._counted(s), lambda i, w: self._conv_forward(i, w, None))
                 return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
         wb = self.binarize_weight(self.weight)
         scale = self.output_scale()
