@@ -279,3 +279,72 @@ def test_bop_trajectory_matches_reference(golden, dtype):
         assert int((s["w_after"] != s["w_before"]).sum()) == s["n_changed"]
     flat = d["steps"][0]["w_after"].flatten()
     assert flat[:5].tolist() == [1.0, 1.0, 1.0, -1.0, -1.0]  # the edge entries (golden README)
+
+
+@pytest.mark.parametrize("suffix", GOLDEN_SUFFIXES)
+@pytest.mark.parametrize("epoch", ["epoch0", "epoch200", "epoch399"])
+def test_adabin_conv_matches_reference(golden, suffix, epoch):
+    """AdaBin's layer (affine activation and weight sets, EDE at three points of a 400-epoch schedule, gradients
+    to alpha_a, beta_a through both paths) against huawei-noah's own; eval runs the four-term inference form."""
+    from bnnbench.methods.adabin import AdaBinConv2d
+    from bnnbench.methods.irnet import ede_schedule
+    d = golden(f"adabin_conv_16x32_{suffix}.pt")
+    sub, dtype = d[epoch], d["x"].dtype
+    t, k = ede_schedule(int(epoch[5:]), 400, 1e-3, 10.0)
+    assert (t, k) == pytest.approx((sub["t"].item(), sub["k"].item()), rel=1e-6)  # the schedule gives its t, k
+
+    def setup(conv):
+        assert isinstance(conv, AdaBinConv2d)
+        with torch.no_grad():
+            conv.alpha_a.fill_(d["alpha_a"].item())
+            conv.beta_a.fill_(d["beta_a"].item())
+            conv.t.fill_(sub["t"].item())
+            conv.k.fill_(sub["k"].item())
+    conv, x, out, out_eval = run_conv("adabin", d, d["config"]["stride"], dtype, setup)
+    assert close_rel(out, sub["out_train"], dtype) and close_rel(out_eval, sub["out_eval"], dtype)
+    assert close_rel(x.grad, sub["grad_x"], dtype) and close_rel(conv.weight.grad, sub["grad_weight"], dtype)
+    assert close_rel(conv.alpha_a.grad.reshape(1), sub["grad_alpha_a"].reshape(1), dtype)
+    assert close_rel(conv.beta_a.grad.reshape(1), sub["grad_beta_a"].reshape(1), dtype)
+
+
+@pytest.mark.parametrize("suffix", GOLDEN_SUFFIXES)
+def test_adabin_inference_form_is_the_four_term_algebra(golden, suffix):
+    """The deployed form's parts are the golden's T1..T4 (zero padding after binarisation) and their sum its
+    recombination; x = beta_a exactly gives sign 0 (A = alpha_a beta_a) in both."""
+    from bnnbench.methods.adabin import AdaBin
+    d = golden(f"adabin_conv_16x32_{suffix}.pt")
+    dtype, stride = d["x"].dtype, d["config"]["stride"]
+    conv = AdaBin().conv(16, 32, 3, stride=stride, padding=1).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(d["weight"])
+        conv.alpha_a.fill_(d["alpha_a"].item())
+        conv.beta_a.fill_(d["beta_a"].item())
+        form = conv.deployed_form()
+    def geometry(i, w):
+        return torch.nn.functional.conv2d(i, w, None, stride, 1)
+    s = form.input_signs(d["x"])
+    assert int((s == 0).sum()) == 4 and bool((s[0, 0, 0, 4:8] == 0).all())  # the golden's x = beta_a pins
+    assert torch.equal(geometry(s, form.signs), d["derived_T1_conv_sa_sw"])
+    ones = torch.ones(1, 16, 3, 3, dtype=dtype)
+    assert torch.equal(geometry(s, ones).expand_as(d["derived_T2_conv_sa_1"]), d["derived_T2_conv_sa_1"])
+    assert torch.equal(geometry(torch.ones_like(d["x"][:1]), ones).expand_as(d["derived_T4_conv_1_1"]),
+                       d["derived_T4_conv_1_1"])
+    assert close_rel(form.apply(s, geometry), d["derived_out_algebra"], dtype)
+    assert torch.allclose(form.scale / d["alpha_a"].abs(), d["derived_alpha_w"].to(dtype), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_adabin_maxout_matches_reference(golden, dtype):
+    from bnnbench.methods.adabin import Maxout
+    m = golden(f"adabin_conv_16x32_s1_{dtype}.pt")["maxout"]
+    act = Maxout(32).to(m["x"].dtype)
+    with torch.no_grad():
+        act.pos_scale.copy_(m["pos_scale"].view(1, -1, 1, 1))
+        act.neg_scale.copy_(m["neg_scale"].view(1, -1, 1, 1))
+    x = m["x"].clone().requires_grad_()
+    out = act(x)
+    out.backward(m["grad_out"])
+    dt = m["x"].dtype
+    assert close_rel(out.detach(), m["out"], dt) and close_rel(x.grad, m["grad_x"], dt)
+    assert close_rel(act.pos_scale.grad.flatten(), m["grad_pos_scale"], dt)
+    assert close_rel(act.neg_scale.grad.flatten(), m["grad_neg_scale"], dt)

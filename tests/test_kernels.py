@@ -157,6 +157,40 @@ def test_eval_forward_is_the_inference_form_and_training_is_unchanged():
                            * conv.inference_form().scale.view(1, -1, 1, 1))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_form_with_offsets_runs_exactly_on_the_kernels_and_in_the_export(stride, isa, tmp_path):
+    """AdaBin's affine sets (negative alpha_a, nonzero beta_a and filter means): the kernel's dot and box sum
+    are exact integers, the packed and the exported layer give the trained eval forward's floats bit for bit,
+    and that forward equals the training formula conv(A, Q) to float rounding (padding after binarising)."""
+    from bnnbench.deploy.export import form_entry, form_from_entry
+    conv = METHODS.get("adabin")().conv(24, 40, 3, stride=stride, padding=1)
+    with torch.no_grad():
+        conv.alpha_a.fill_(-0.7)
+        conv.beta_a.fill_(0.3)
+        conv.weight.add_(0.05 * torch.randn(40, 1, 1, 1))
+    x = torch.randn(2, 24, 9, 9)
+    x[0, 0, 0, :3] = 0.3                                # exactly at the threshold: sign 0 in the trained model
+    conv.eval()
+    with torch.no_grad():
+        got = conv(x)
+        want = F.conv2d(conv.binarize_input(x), conv.binarize_weight(conv.weight), stride=stride, padding=1)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+    form = conv.inference_form()
+    assert not form.plain and form.threshold.item() == pytest.approx(0.3)
+    layer = deploy.PackedBinaryConv2d(conv, "c", isa)
+    check = deploy.check_layer("c", conv, layer, x)
+    assert check.mismatches == 0 and check.zero_inputs == 3 and check.outputs > 0
+    x1 = x[1:]                                          # no zero input: the floats agree exactly
+    with torch.no_grad():
+        assert torch.equal(layer(x1).contiguous(), conv(x1))
+        rebuilt = form_from_entry(form_entry(form), list(conv.weight.shape), "test", "c")
+        assert torch.equal(rebuilt.apply(rebuilt.input_signs(x), lambda i, w: F.conv2d(i, w, None, stride, 1)), got)
+    ints = layer._integers(x1)                          # the extra all-ones filter: the box sum of the signs
+    assert torch.equal(ints[:, -1:].float(), F.conv2d(torch.sign(x1 - 0.3), torch.ones(1, 24, 3, 3), stride=stride,
+                                                      padding=1))
+
+
 def test_missing_build_is_reported(monkeypatch):
     monkeypatch.setattr(kernels, "_load", lambda: RuntimeError("Ninja is required to load C++ extensions"))
     assert "1-bit kernels unavailable" in kernels.unavailable_reason()

@@ -79,13 +79,35 @@ def export_model(model: nn.Module, spec_doc: dict, num_classes: int) -> dict:
             why = str(exc) if isinstance(exc, ValueError) else describe_exception(exc, skip=("/torch/",))
             raise ConfigError(f"cannot export binary conv {name!r} ({site}): {why}") from None
         bias = None if layer.bias is None else layer.bias.detach().float().cpu()
-        binary[name] = {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale,
-                        "bias": bias, **form.tensors()}
+        binary[name] = {**form_entry(form), "bias": bias}
         skip.add(name)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if not any(k.startswith(f"{b}.") for b in skip)}
     return {"format": FORMAT, "version": VERSION, "spec": spec_doc, "num_classes": num_classes, "binary": binary,
             "state": state}
+
+
+def form_entry(form: InferenceForm) -> dict:
+    """An inference form as the export stores it: packed signs, shape, scale and the optional terms."""
+    return {"bits": pack_bits(form.signs), "shape": list(form.signs.shape), "scale": form.scale, **form.tensors()}
+
+
+def form_from_entry(e: dict, shape: list[int], path, name: str) -> InferenceForm:
+    """The inference form of binary conv ``name`` from its export entry, checked against the backbone's
+    weight ``shape``; a RunError naming ``path`` and the layer when it does not fit."""
+    if list(e["shape"]) != shape or not isinstance(e["bits"], Tensor) or e["bits"].dtype != torch.uint8 \
+            or e["bits"].numel() != -(-int(np.prod(shape)) // 8):
+        raise RunError(f"{path}: binary conv {name!r}: its packed signs do not fit the backbone's weight {shape}")
+    if not isinstance(e["scale"], Tensor) or e["scale"].numel() != shape[0]:
+        raise RunError(f"{path}: binary conv {name!r}: its scale is not one value per output channel")
+    extra = {k: e.get(k) for k in OPTIONAL_TERMS}
+    for k, v in extra.items():
+        if v is not None and not (isinstance(v, Tensor) and v.numel() == (1 if k == "threshold" else shape[0])):
+            raise RunError(f"{path}: binary conv {name!r}: its {k} is not "
+                           f"{'one value' if k == 'threshold' else 'one value per output channel'}")
+    return InferenceForm(unpack_bits(e["bits"], shape).float(), e["scale"].reshape(-1).float(),
+                         **{k: None if v is None else v.float().reshape(() if k == "threshold" else -1)
+                            for k, v in extra.items()})
 
 
 def _pack_store(doc: dict) -> dict:
@@ -200,22 +222,9 @@ def _rebuild(doc: dict, path: Path) -> tuple[object, nn.Module]:
 
     def rebuild(layer: BinaryConv2d, name: str) -> SignConv2d:
         e = doc["binary"][name]
-        shape = list(layer.weight.shape)
-        if list(e["shape"]) != shape or not isinstance(e["bits"], Tensor) or e["bits"].dtype != torch.uint8 \
-                or e["bits"].numel() != -(-int(np.prod(shape)) // 8):
-            raise RunError(f"{path}: binary conv {name!r}: its packed signs do not fit the backbone's weight {shape}")
-        if not isinstance(e["scale"], Tensor) or e["scale"].numel() != shape[0] or not (
-                e["bias"] is None or isinstance(e["bias"], Tensor) and e["bias"].numel() == shape[0]):
-            raise RunError(f"{path}: binary conv {name!r}: its scale or bias is not one value per output channel")
-        extra = {k: e.get(k) for k in OPTIONAL_TERMS}
-        for k, v in extra.items():
-            if v is not None and not (isinstance(v, Tensor) and v.numel() == (1 if k == "threshold" else shape[0])):
-                raise RunError(f"{path}: binary conv {name!r}: its {k} is not "
-                               f"{'one value' if k == 'threshold' else 'one value per output channel'}")
-        form = InferenceForm(unpack_bits(e["bits"], shape).float(), e["scale"].reshape(-1).float(),
-                             **{k: None if v is None else v.float().reshape(() if k == "threshold" else -1)
-                                for k, v in extra.items()})
-        return SignConv2d(layer, form, e["bias"])
+        if not (e["bias"] is None or isinstance(e["bias"], Tensor) and e["bias"].numel() == layer.out_channels):
+            raise RunError(f"{path}: binary conv {name!r}: its bias is not one value per output channel")
+        return SignConv2d(layer, form_from_entry(e, list(layer.weight.shape), path, name), e["bias"])
     model = replace_layers(model, rebuild)
     missing, unexpected = model.load_state_dict(doc["state"], strict=False)
     missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in names)]

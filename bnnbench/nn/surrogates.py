@@ -117,11 +117,12 @@ class _SignEDE(torch.autograd.Function):
         u, t, k = ctx.saved_tensors
         # 1 - tanh^2(z) = 4 s (1 - s) with s = sigmoid(2 z): sigmoid and sigmoid_backward (g s (1 - s)) are
         # single passes, several times cheaper on CPUs than tanh.
-        # Formed in at least float32 (fp16/bf16 round the tail to 0), returned in g's dtype.
+        # Formed in at least float32 (fp16/bf16 round the tail to 0), returned in g's dtype. k * t is formed
+        # in the schedule's own dtype, as the references multiply their (float32) k and t first.
         dt = torch.promote_types(u.dtype, torch.float32)
         s = torch.mul(u.to(dt), 2.0 * t.to(dt)).sigmoid_()
         torch.ops.aten.sigmoid_backward.grad_input(g.to(dt), s, grad_input=s)
-        return s.mul_(4.0 * k.to(dt) * t.to(dt)).to(g.dtype), None, None
+        return s.mul_(4.0 * (k * t).to(dt)).to(g.dtype), None, None
 
 
 class _SignApproxPerSample(torch.autograd.Function):
@@ -189,8 +190,8 @@ def sign_ede(u: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     Qin et al., "Forward and Backward Information Retention for Accurate Binary Neural Networks"
     (IR-Net), CVPR 2020.
     """
-    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
-    k = torch.as_tensor(k, dtype=u.dtype, device=u.device)
+    t, k = (v.to(u.device) if isinstance(v, Tensor) else torch.tensor(v, dtype=u.dtype, device=u.device)
+            for v in (t, k))  # a tensor keeps its dtype: k t is formed in it (AdaBin's float32 schedule)
     return _SignEDE.apply(u, t, k)
 
 
