@@ -209,3 +209,39 @@ def test_a_torchvision_teacher_without_its_weights_is_one_clear_error(tmp_path, 
     assert str(tmp_path) in str(info.value) and "teacher run" in str(info.value)
     with pytest.raises(ConfigError, match="1000 ImageNet classes"):
         torchvision_teacher("resnet34", 10)
+
+
+def test_a_timm_teacher_loads_from_the_local_cache_and_its_absence_is_one_clear_error(tmp_path, monkeypatch):
+    """teacher: {timm: NAME}: the recipe and the run's identity name it; the weights come from the Hugging Face
+    cache only (nothing is downloaded); absent weights, a wrong class count or an unknown name are one error."""
+    timm = pytest.importorskip("timm", reason="timm not installed (pip install 'bnnbench[timm]')")
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from bnnbench.config.recipes import parse_teacher
+    from bnnbench.engine.distill import timm_teacher
+    name = "test_resnet.r160_in1k"   # one of timm's tiny test models (0.5 M parameters)
+    assert parse_teacher({"timm": name}, "recipe x") == {"timm": name}
+    with pytest.raises(ConfigError, match="teacher.timm must be a model name"):
+        parse_teacher({"timm": 3}, "recipe x")
+    with pytest.raises(ConfigError, match="torchvision: MODEL} or {timm: MODEL}"):
+        parse_teacher({"timm": name, "torchvision": "resnet34"}, "recipe x")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match="not in the local cache") as info:
+        timm_teacher(name, 1000)
+    assert str(tmp_path / "hub") in str(info.value) and "timm/test_resnet.r160_in1k" in str(info.value)
+    torch.manual_seed(3)
+    trained = timm.create_model(name, pretrained=False)
+    repo = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()},
+              str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    teacher = timm_teacher(name, 1000)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v), k
+    with pytest.raises(ConfigError, match="1000 classes; this dataset has 10"):
+        timm_teacher(name, 10)
+    with pytest.raises(ConfigError, match="timm.list_pretrained"):
+        timm_teacher("no_such_model_xyz", 1000)

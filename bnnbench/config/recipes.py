@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnnbench.config.settings import SAFE_NAME, check_train
+from bnnbench.config.settings import PRETRAINED_TEACHERS, SAFE_NAME, check_train, pretrained_teacher
 from bnnbench.config.yamlio import load_yaml
 from bnnbench.data.catalog import DATASETS
 from bnnbench.errors import ConfigError, did_you_mean
@@ -147,16 +147,20 @@ def parse_stages(doc: Any, where: str) -> list[dict]:
 
 
 def parse_teacher(doc: Any, where: str) -> dict | None:
-    """Validate a recipe's ``teacher``: {train: changes} (a full-precision run) or {torchvision: model}."""
+    """Validate a recipe's ``teacher``: {train: changes} (a full-precision run), {torchvision: model} or
+    {timm: model} (pretrained weights from the local cache)."""
     if doc is None:
         return None
-    if not isinstance(doc, dict) or not (set(doc) <= {"train", "method"} or set(doc) == {"torchvision"}):
+    if not isinstance(doc, dict) or not (set(doc) <= {"train", "method"}
+                                         or len(doc) == 1 and set(doc) <= set(PRETRAINED_TEACHERS)):
         raise ConfigError(f"{where}: teacher must be {{train: {{...}}, method: M}} (a full-precision run of this "
-                          f"recipe) or {{torchvision: MODEL}}, got {doc!r}")
-    if "torchvision" in doc:
-        if not isinstance(doc["torchvision"], str):
-            raise ConfigError(f"{where}: teacher.torchvision must be a model name such as resnet34")
-        return {"torchvision": doc["torchvision"]}
+                          f"recipe), {{torchvision: MODEL}} or {{timm: MODEL}}, got {doc!r}")
+    pretrained = pretrained_teacher(doc)
+    if pretrained:
+        source, name = pretrained
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: teacher.{source} must be a model name such as resnet34, got {name!r}")
+        return {source: name}
     method = doc.get("method")
     if method is not None:
         METHODS.get(method, source=f"{where}, teacher.method")

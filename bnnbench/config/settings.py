@@ -117,3 +117,16 @@ def check_value(key: Any, value: Any, where: str) -> Any:
     if isinstance(default, float) and isinstance(value, numbers.Real):
         value = float(value)
     return copy.deepcopy(value)
+
+
+#: the sources of pretrained full-precision teachers a recipe may name (``teacher: {torchvision: resnet34}``)
+PRETRAINED_TEACHERS = ("torchvision", "timm")
+
+
+def pretrained_teacher(ref) -> tuple[str, str] | None:
+    """(source, model name) of a pretrained teacher reference such as ``{"timm": "resnet34.a1_in1k"}``, or None
+    for a teacher that is a run of the suite."""
+    for source in PRETRAINED_TEACHERS:
+        if source in ref:
+            return source, ref[source]
+    return None

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnnbench.config.settings import TRAIN_FIELDS
+from bnnbench.config.settings import TRAIN_FIELDS, pretrained_teacher
 from bnnbench.errors import RunError
 
 SCHEMA = 2
@@ -97,9 +97,9 @@ class RunSpec:
     #: part of the identity (only when set, so runs made before the field existed keep their hash)
     init_from: Mapping[str, Any] = field(default_factory=dict)
     #: two-stage track (bnnbench/runner/stages.py): the recipe stage this run is ("" for a single-stage run,
-    #: "teacher"), and the teacher it distils from ({"run", "name", "group"} or {"torchvision": model}); both in the
-    #: identity only when set. A stage's init_from is {"run": hash, "name": dir name, "group"} of the stage
-    #: before it.
+    #: "teacher"), and the teacher it distils from ({"run", "name", "group"}, {"torchvision": model} or
+    #: {"timm": model}); both in the identity only when set. A stage's init_from is {"run": hash, "name": dir name,
+    #: "group"} of the stage before it.
     stage: str = ""
     teacher: Mapping[str, Any] = field(default_factory=dict)
     download: bool = True  # not part of the identity
@@ -116,7 +116,7 @@ class RunSpec:
             ident["stage"] = self.stage
         if self.teacher:
             ident["teacher"] = (_dependency(self.teacher, with_seed) if self.teacher.get("run")
-                                else f"torchvision:{self.teacher['torchvision']}")
+                                else ":".join(pretrained_teacher(self.teacher)))
         if with_seed:
             ident["seed"] = self.seed
         return ident

@@ -11,9 +11,12 @@ timm's ``SoftTargetCrossEntropy`` is the same soft cross-entropy for given targe
 timm as a dependency for these three lines is not worth it, and its distillation task wraps its own training
 loop, which the trainer here does not use.
 
-The teacher is either a finished full-precision run of the suite (a recipe's ``teacher`` section: the same
-backbone and method with ``binarize: none``, trained first as its own run) or torchvision's ImageNet
-ResNet-34 (``teacher: {torchvision: resnet34}``) when its weights are in torch's hub cache.
+The teacher is a finished full-precision run of the suite (a recipe's ``teacher`` section: the same
+backbone and method with ``binarize: none``, trained first as its own run), a torchvision ImageNet model
+(``teacher: {torchvision: resnet34}``) when its weights are in torch's hub cache, or a timm model
+(``teacher: {timm: resnet34.a1_in1k}``; the optional extra ``bnnbench[timm]``) when its weights are in the
+Hugging Face cache (or, for timm models published by URL, torch's hub cache). Nothing is downloaded for a
+timm teacher: a missing file is an error that says where to put it.
 """
 from __future__ import annotations
 
@@ -77,10 +80,51 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
 
 
 def load_teacher(ref: dict, runs_dir: Path, data_root: Path, device: torch.device, num_classes: int) -> nn.Module:
-    """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, or ``{"torchvision"}``)."""
+    """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, ``{"torchvision"}`` or
+    ``{"timm"}``)."""
     if "torchvision" in ref:
         model = torchvision_teacher(ref["torchvision"], num_classes)
+    elif "timm" in ref:
+        model = timm_teacher(ref["timm"], num_classes)
     else:
         d = finished_dependency(runs_dir, ref, "teacher")
         _, model, _ = trained_model(d, data_root, device)
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def timm_teacher(name: str, num_classes: int) -> nn.Module:
+    """timm's pretrained ``name`` with its weights from the local cache (never downloaded)."""
+    try:
+        import timm  # deferred: optional extra bnnbench[timm], loaded only for a timm teacher
+    except ImportError:
+        raise ConfigError(f"teacher timm:{name} needs timm: pip install 'bnnbench[timm]'") from None
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"teacher timm:{name}: {exc}; list the names with timm.list_pretrained()") from None
+    if model.num_classes != num_classes:
+        raise ConfigError(f"teacher timm:{name} has {model.num_classes} classes; this dataset has {num_classes}")
+    path, where = cached_timm_weights(dict(model.pretrained_cfg))
+    if path is None:
+        raise ConfigError(f"teacher timm:{name}: its pretrained weights are not in the local cache ({where}); "
+                          f"fetch them once on a machine with network access (timm.create_model({name!r}, "
+                          f"pretrained=True)) and copy the cache, or train a full-precision teacher run (recipe "
+                          f"section teacher: {{train: ...}})")
+    timm.models.load_checkpoint(model, str(path))
+    return model
+
+
+def cached_timm_weights(cfg: dict) -> tuple[Path | None, str]:
+    """(the cached weight file of a timm pretrained config or None, where it was looked for)."""
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import constants, try_to_load_from_cache  # deferred: comes with timm (optional)
+        repo = cfg["hf_hub_id"]
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE)
+            if isinstance(found, str):
+                return Path(found), f"{constants.HF_HUB_CACHE}, repository {repo}"
+        return None, f"{constants.HF_HUB_CACHE}, repository {repo}"
+    if cfg.get("url"):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg["url"]).name
+        return (path if path.is_file() else None), str(path)
+    return None, "no weight source in timm's pretrained config"

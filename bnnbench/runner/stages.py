@@ -31,7 +31,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from bnnbench.config.settings import check_train
+from bnnbench.config.settings import check_train, pretrained_teacher
 from bnnbench.config.spec import reference
 from bnnbench.errors import ConfigError
 from bnnbench.plugins import METHODS
@@ -106,11 +106,12 @@ def expand(stages: list[dict], teacher: dict | None, train: dict, changes: dict,
 
 def _teacher(teacher: dict | None, changes: dict, scoped: dict[str, dict], make: Callable[..., Any],
              settings: Callable[[dict], dict], where: str) -> tuple[Any, dict]:
-    """(the teacher run, or None for a torchvision teacher; how the students name it)."""
+    """(the teacher run, or None for a pretrained teacher; how the students name it)."""
     if teacher is None:
         raise ConfigError(f"{where}: distill_weight > 0 needs a teacher section in the recipe")
-    if "torchvision" in teacher:
-        return None, {"torchvision": teacher["torchvision"]}
+    pretrained = pretrained_teacher(teacher)
+    if pretrained:
+        return None, dict([pretrained])
     shared = {"method": teacher["method"]} if teacher.get("method") else {}
     kept = {k: v for k, v in {**changes, **scoped.get("teacher", {})}.items() if k not in TEACHER_FORCED}
     run = make(settings(teacher["train"]), kept, stage="teacher", **shared)
