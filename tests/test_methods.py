@@ -255,3 +255,43 @@ def test_binary_conv_is_the_composition_of_its_pieces(name, stride, training):
     assert not torch.allclose(y, torch.nn.functional.conv2d(  # padding before binarising would differ
         torch.sign(torch.nn.functional.pad(x, (1, 1, 1, 1), value=1.0)), conv.binarize_weight(conv.weight),
         stride=stride) * (1 if scale is None else scale.reshape(1, -1, 1, 1)))
+
+
+def test_bop_owns_the_binary_weights_and_the_recipe_optimizer_the_rest():
+    """The optimizer seam: Bop's binary weights leave the recipe's SGD (no weight decay, no momentum from
+    it), stay +-1 after a step, flip where W m > tau, and both optimizers' states round-trip a state dict."""
+    from bnnbench.methods.bop import BopConv2d
+
+    from bnnbench.config.spec import TrainSettings
+    from bnnbench.engine.optim import CompositeOptimizer, make_optimizer
+    from bnnbench.plugins.arch import build_model
+    method = METHODS.get("bop")(family="cifar", overrides={"gamma": 1e-2, "threshold": 1e-6})
+    model = build_model(method, "cresnet20", 10)
+    method.prepare(model)
+    st = TrainSettings(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=4)
+    opt = make_optimizer(model, st, method, steps_per_epoch=3)
+    assert isinstance(opt, CompositeOptimizer)
+    binary = {id(layer.weight) for layer in method.layers(model, BopConv2d)}
+    assert binary and not binary & {id(p) for g in opt.recipe.param_groups for p in g["params"]}
+    assert binary == {id(p) for g in opt.own.param_groups for p in g["params"]}
+    before = [layer.weight.detach().clone() for layer in method.layers(model, BopConv2d)]
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    grads = [layer.weight.grad.clone() for layer in method.layers(model, BopConv2d)]
+    opt.step()
+    for layer, w0, g in zip(method.layers(model, BopConv2d), before, grads):
+        assert set(layer.weight.unique().tolist()) <= {-1.0, 1.0}
+        flip = w0 * (1e-2 * g) > 1e-6                    # m_1 = gamma g from m_0 = 0
+        assert torch.equal(layer.weight != w0, flip)
+    state = opt.state_dict()
+    assert set(state) == {"recipe", "method"} and state["method"]["param_groups"][0]["bop_step"] == 1
+    fresh = make_optimizer(model, st, method, steps_per_epoch=3)
+    fresh.load_state_dict(state)
+    assert fresh.own.param_groups[0]["bop_step"] == 1
+    with pytest.raises(ValueError, match="not a composite one"):
+        fresh.load_state_dict(state["recipe"])
+    assert [method.gamma_at(step, 3, 4) for step in (0, 100 * 3 - 1, 100 * 3, 300 * 3)] == pytest.approx(
+        [1e-2, 1e-2, 1e-3, 1e-5])                        # x0.1 every 100 epochs of 3 steps
+    linear = METHODS.get("bop")(family="imagenet")
+    assert [linear.gamma_at(step, 3, 4) for step in (0, 6, 12, 99)] == pytest.approx([1e-4, 5.05e-5, 1e-6, 1e-6])
