@@ -1,6 +1,10 @@
 """Leaderboard and plots built from a tiny real run matrix; the bench command runs."""
+import copy
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -90,6 +94,39 @@ def test_every_run_records_its_one_bit_export_and_the_leaderboard_shows_it(matri
     gone = dataclasses.replace(runs[0], deploy={"status": "unavailable", "reason": "ValueError: 3 weights have sign 0"})
     md = render(build_tables([gone]), "md")
     assert "1-bit columns empty: ValueError: 3 weights have sign 0." in md
+    # every measurement records its conditions; one timed under contention is starred, with what to do
+    assert all({"other_cores_busy", "cpus", "threads", "spread", "contended", "wide_spread"}
+               <= set(d["end_to_end"]["conditions"]) for d in docs)
+    busy = copy.deepcopy(runs[0].deploy)
+    busy["end_to_end"]["conditions"].update(other_cores_busy=1.7, contended=True)
+    quiet = copy.deepcopy(runs[0].deploy)
+    quiet["end_to_end"]["conditions"].update(other_cores_busy=0.0, contended=False, wide_spread=False)
+    starred = render(build_tables([dataclasses.replace(runs[0], deploy=busy)]), "md")
+    plain = render(build_tables([dataclasses.replace(runs[0], deploy=quiet)]), "md")
+    assert "deploy-bench --run RUN_DIR re-measures" in starred and "re-measures" not in plain
+    ms = f"{1000 * busy['end_to_end']['packed']['median_s']:.3f}"
+    assert f"{ms}*" in starred and f"{ms}*" not in plain and ms in plain
+
+
+def test_load_probe_sees_other_work_and_the_conditions_verdicts():
+    """LoadProbe counts the CPU time of other processes (a busy child here), not its own; conditions() calls a
+    latency contended above CONTENDED_CORES other busy cores and unsteady above WIDE_SPREAD."""
+    from bnnbench.deploy.measure import CONTENDED_CORES, conditions
+    from bnnbench.deploy.timing import LoadProbe, busy_cpu_seconds
+    if busy_cpu_seconds() is None:
+        pytest.skip("/proc/stat is not readable here")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        with LoadProbe() as probe:
+            time.sleep(1.5)
+    finally:
+        child.wait()
+    assert probe.result()["other_cores_busy"] > 0.5    # the child kept (at least half) a core busy
+    c = conditions({"other_cores_busy": CONTENDED_CORES + 0.1, "cpus": 2}, [1.0, 1.0, 1.0, 1.0])
+    assert c["contended"] and not c["wide_spread"] and c["spread"] == 0.0
+    c = conditions({"other_cores_busy": None, "cpus": 2}, [1.0, 1.0, 2.0, 3.0])
+    assert not c["contended"] and c["wide_spread"]
 
 
 def test_deploy_bench_command_writes_figures(tmp_path):

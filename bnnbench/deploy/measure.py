@@ -21,7 +21,7 @@ from torch import nn
 
 from bnnbench.deploy import kernels
 from bnnbench.deploy import packed as deploy
-from bnnbench.deploy.timing import paired_ratio, round_robin
+from bnnbench.deploy.timing import LoadProbe, paired_ratio, round_robin, spread
 from bnnbench.nn.layers import binary_layers
 from bnnbench.store import DEPLOY, atomic_write_text
 
@@ -39,8 +39,25 @@ def machine() -> dict:
     return {"cpu": cpu, "isa": kernels.best_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+#: a latency is not presented as a figure when other work kept more than this many cores busy while it was
+#: timed, or its rounds spread wider than this (interquartile range over median); see :func:`conditions`
+CONTENDED_CORES = 0.5
+WIDE_SPREAD = 0.25
+
+
 def _summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "spread": spread(times)}
+
+
+def conditions(load: dict, packed_times: list[float]) -> dict:
+    """What the timing was measured under: other work on the CPUs, the spread of the rounds, and whether
+    either makes the latency unreliable (``contended``: other work kept more than ``CONTENDED_CORES`` cores
+    busy; ``wide_spread``: IQR / median above ``WIDE_SPREAD``). The paired speed-up stays meaningful: both
+    sides of each round saw the same machine."""
+    others = load["other_cores_busy"]
+    return {**load, "threads": torch.get_num_threads(), "spread": spread(packed_times),
+            "contended": others is not None and others > CONTENDED_CORES,
+            "wide_spread": spread(packed_times) > WIDE_SPREAD}
 
 
 def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> list[dict]:
@@ -72,7 +89,7 @@ def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, round
     """Packed model vs the FP32 network of the same topology vs the simulated binary model."""
     fp32 = deploy.float_model(model)
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
+    with torch.no_grad(), LoadProbe() as probe:
         times = round_robin({"packed": lambda: packed(x), "fp32": lambda: fp32(x), "simulated": lambda: model(x)},
                             rounds, warmup)
     vs_fp = paired_ratio(times["fp32"], times["packed"])
@@ -80,7 +97,7 @@ def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, round
     return {"packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
             "simulated": _summary(times["simulated"]), "speedup_vs_fp32": vs_fp["median"],
             "speedup_vs_fp32_q1": vs_fp["q1"], "speedup_vs_fp32_q3": vs_fp["q3"],
-            "speedup_vs_simulated": vs_sim["median"]}
+            "speedup_vs_simulated": vs_sim["median"], "conditions": conditions(probe.result(), times["packed"])}
 
 
 def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,

@@ -207,8 +207,11 @@ def _deploy_cells(deploys: list[dict | None]) -> dict:
     reasons = sorted({d["reason"] for d in deploys if d and d.get("status") != "measured" and d.get("reason")})
     if not measured:
         return {"deploy_ms": None, "deploy_speedup": None, "deploy_note": "; ".join(reasons) or None}
+    unsteady = [e for e in measured if (e.get("conditions") or {}).get("contended")
+                or (e.get("conditions") or {}).get("wide_spread")]
     return {"deploy_ms": 1000 * statistics.median(e["packed"]["median_s"] for e in measured),
-            "deploy_speedup": statistics.median(e["speedup_vs_fp32"] for e in measured), "deploy_note": None}
+            "deploy_speedup": statistics.median(e["speedup_vs_fp32"] for e in measured), "deploy_note": None,
+            "deploy_unsteady": len(unsteady)}
 
 
 def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
@@ -276,7 +279,8 @@ def cells(row: dict, cols: list[str]) -> list[str]:
              "binary params %": "-" if row["binary_params"] is None else f"{row['binary_params']:.1f}",
              "OPs": fmt_si(row["ops"]),
              "size": fmt_size(row["packed_bytes"]),
-             "1-bit ms (b1, CPU)": "-" if row.get("deploy_ms") is None else f"{row['deploy_ms']:.3f}",
+             "1-bit ms (b1, CPU)": "-" if row.get("deploy_ms") is None else
+                                   f"{row['deploy_ms']:.3f}" + ("*" if row.get("deploy_unsteady") else ""),
              "x FP32": "-" if row.get("deploy_speedup") is None else f"{row['deploy_speedup']:.2f}",
              "epochs": str(row["epochs_run"]), "wall/run": _fmt_time(row["wall"]), "img/s": f"{row['ips']:.0f}"}
     return [cells[c] for c in cols]
@@ -309,10 +313,16 @@ COLUMN_NOTES = {
 NOTES = " ".join(v for k, v in COLUMN_NOTES.items() if k != "wall/run")
 
 
+UNSTEADY_NOTE = ("* 1-bit ms of some of the row's runs was timed while other work kept the CPU busy or with a "
+                 "wide spread between timing rounds, so it is not a latency figure (x FP32 is paired per round and "
+                 "stays valid); run_bench.py deploy-bench --run RUN_DIR re-measures on a quiet machine.")
+
+
 def deploy_notes(tables: list[dict]) -> str:
-    """Why rows have no 1-bit figures (one line per distinct reason), or ''."""
+    """Why rows have no 1-bit figures (one line per distinct reason) and what a starred latency means, or ''."""
     reasons = sorted({r["deploy_note"] for t in tables for r in t["rows"] if r.get("deploy_note")})
-    return " ".join(f"1-bit columns empty: {why}." for why in reasons)
+    unsteady = any(r.get("deploy_unsteady") for t in tables for r in t["rows"])
+    return " ".join([f"1-bit columns empty: {why}." for why in reasons] + ([UNSTEADY_NOTE] if unsteady else []))
 
 
 def render(tables: list[dict], fmt: str) -> str:

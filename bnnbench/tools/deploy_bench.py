@@ -138,8 +138,16 @@ def _run_stored(args, console) -> int:
         ok = ok and x["exact"]
         console.print(f"{d.name}: 1-bit {1000 * e['packed']['median_s']:.3f} ms, FP32 "
                       f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
-                      f"top-1 same {x['top1_same']}/{x['samples']}")
+                      f"top-1 same {x['top1_same']}/{x['samples']}; {describe_conditions(e['conditions'])}")
     return 0 if ok else 1
+
+
+def describe_conditions(c: dict) -> str:
+    """One line on what a latency was measured under (``bnnbench.deploy.measure.conditions``)."""
+    others = "other work unknown" if c["other_cores_busy"] is None else \
+        f"other work kept {c['other_cores_busy']:.2f} of {c['cpus']} cores busy"
+    verdict = "not a latency figure: re-measure on a quiet machine" if c["contended"] or c["wide_spread"] else "steady"
+    return f"{others}, rounds spread {100 * c['spread']:.0f}% (IQR/median), {c['threads']} threads: {verdict}"
 
 
 def print_case(c: dict, console) -> None:
@@ -158,6 +166,7 @@ def print_case(c: dict, console) -> None:
                   f"FP32 {1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x, IQR "
                   f"{e['speedup_vs_fp32_q1']:.2f}-{e['speedup_vs_fp32_q3']:.2f}), simulated binary "
                   f"{1000 * e['simulated']['median_s']:.3f} ms ({e['speedup_vs_simulated']:.2f}x)")
+    console.print(f"  measured with {describe_conditions(e['conditions'])}")
     mism = sum(layer["mismatches"] for layer in x["layers"])
     zeros = sum(layer["zero_inputs"] for layer in x["layers"])
     console.print(f"  exact: {x['exact']} ({mism} mismatching integer outputs, {zeros} zero activations), "
