@@ -295,3 +295,61 @@ def test_bop_owns_the_binary_weights_and_the_recipe_optimizer_the_rest():
         [1e-2, 1e-2, 1e-3, 1e-5])                        # x0.1 every 100 epochs of 3 steps
     linear = METHODS.get("bop")(family="imagenet")
     assert [linear.gamma_at(step, 3, 4) for step in (0, 6, 12, 99)] == pytest.approx([1e-4, 5.05e-5, 1e-6, 1e-6])
+
+
+def test_rebnn_scaled_sign_and_its_coded_gradients_by_hand():
+    """W_b = 0.02 |alpha| sign(W); dW = |alpha| g, d|alpha| = sum g W (the latent W, as coded); the gamma edit
+    adds gamma (W - 0.02 |alpha| sign W) to dW; RBONN's mask tests the index at each sorted position."""
+    from bnnbench.methods.rebnn import drelu_mask
+    method = METHODS.get("rebnn")(overrides={"gamma": 0.5})
+    conv = method.conv(1, 1, (1, 3)).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[0.5, -0.2, 0.0]]]]))
+        conv.scale_raw.fill_(-2.0)                        # used through abs: s = 2, d alpha_raw = -d s
+    w = conv.binarize_weight(conv.weight)
+    assert w.flatten().tolist() == pytest.approx([0.04, -0.04, 0.0])
+    w.backward(torch.tensor([[[[1.0, 3.0, -1.0]]]], dtype=torch.float64))
+    assert conv.weight.grad.flatten().tolist() == pytest.approx([2.0, 6.0, -2.0])
+    assert conv.scale_raw.grad.item() == pytest.approx(-(1.0 * 0.5 + 3.0 * -0.2))
+    conv.add_reconstruction_grad(0.5)
+    r = [0.5 - 0.04, -0.2 + 0.04, 0.0]
+    assert conv.weight.grad.flatten().tolist() == pytest.approx([2.0 + 0.5 * r[0], 6.0 + 0.5 * r[1], -2.0])
+    edit = -0.5 * (r[0] * 0.02 + r[1] * -0.02)            # -gamma sum R b, times sign(alpha_raw) = -1
+    assert conv.scale_raw.grad.item() == pytest.approx(-(1.0 * 0.5 + 3.0 * -0.2) - edit)
+    assert drelu_mask(torch.tensor([3.0, -0.5, 1.0, 2.0, -4.0]).view(5, 1, 1, 1)).flatten().tolist() == \
+        [1.0, 0.0, 0.0, 1.0, 0.0]                         # argsort |a| = [1, 2, 3, 0, 4]: entries < floor(0.4*5) = 2
+
+
+def test_bop_rule_by_hand():
+    """m = m + gamma (g - m); W flips where W m > tau, keeps below, and a tie W m = tau gives +1 (larq)."""
+    from bnnbench.methods.bop import bop_update_
+    w = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0, 0.0], dtype=torch.float64)
+    m = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.25, 0.0], dtype=torch.float64)
+    g = torch.tensor([2.0, -2.0, -2.0, 2.0, 0.0, 1.0], dtype=torch.float64)
+    flip = bop_update_(w, g, m, gamma=0.5, threshold=0.125)
+    assert m.tolist() == [1.0, -1.0, -1.0, 1.0, 0.125, 0.5]
+    assert flip.tolist() == [True, False, True, False, False, False]
+    assert w.tolist() == [-1.0, 1.0, 1.0, -1.0, 1.0, 1.0]   # entry 4: tie 1 * 0.125 = tau -> +1; entry 5: 0 -> +1
+
+
+def test_adabin_sets_and_the_inference_form_by_hand():
+    """A = alpha_a (sign((x - beta_a)/alpha_a) + beta_a); Q = alpha_w sign((W - beta_w)/alpha_w) + beta_w (biased
+    std); the deployed form on a 1x1 conv with padding 1 gives conv(A, Q) with zero padding after binarising."""
+    conv = METHODS.get("adabin")().conv(2, 1, 1, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[3.0]], [[1.0]]]]))      # beta_w = 2, alpha_w = 1: Q = (3, 1)
+        conv.alpha_a.fill_(-0.5)
+        conv.beta_a.fill_(0.25)
+    x = torch.tensor([[[[1.0, 0.25]], [[-1.0, 0.0]]]], dtype=torch.float64)
+    a = conv.binarize_input(x)                        # u = (x - 0.25) / -0.5: sign -1, 0, +1, +1
+    assert a.flatten().tolist() == pytest.approx([-0.5 * (-1 + 0.25), -0.5 * 0.25, -0.5 * 1.25, -0.5 * 1.25])
+    assert conv.binarize_weight(conv.weight).flatten().tolist() == pytest.approx([3.0, 1.0])
+    conv.eval()
+    with torch.no_grad():
+        y = conv(x)
+    want = torch.nn.functional.conv2d(a, torch.tensor([[[[3.0]], [[1.0]]]], dtype=torch.float64), padding=1)
+    assert torch.allclose(y, want, atol=1e-12) and y[0, 0, 0, 0].item() == 0.0   # a padded tap: 0, not A(0)
+    form = conv.inference_form()
+    assert form.threshold.item() == 0.25 and form.signs.flatten().tolist() == [1, -1]
+    assert form.scale.item() == 0.5 and form.act_sum.item() == 1.0               # |alpha_a| alpha_w, |alpha_a| beta_w
+    assert form.weight_sum.item() == -0.125 and form.count.item() == -0.25       # alpha_a beta_a alpha_w, .. beta_w
