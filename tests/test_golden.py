@@ -9,7 +9,10 @@ from bnnbench.plugins import METHODS
 
 
 def run_conv(method, d, stride, dtype, setup):
-    conv = METHODS.get(method)().conv(16, 32, 3, stride=stride, padding=1).to(dtype)
+    """Train-mode forward + backward of ``grad_out`` and an eval forward of a 16->32 3x3 conv of ``method`` (a
+    registered name or a Method instance) with the golden weight; ``setup(conv)`` sets the rest."""
+    method = METHODS.get(method)() if isinstance(method, str) else method
+    conv = method.conv(16, 32, 3, stride=stride, padding=1).to(dtype)
     with torch.no_grad():
         conv.weight.copy_(d["weight"])
     setup(conv)
@@ -133,17 +136,7 @@ def test_biper_conv_matches_reference(golden, name, stage):
         method.set_binarize(conv, "activations" if stage == "stage1" else "all")
         with torch.no_grad():
             conv.alpha.copy_(d["alpha"])
-    conv = method.conv(16, 32, 3, stride=d["config"]["stride"], padding=1).to(dtype)
-    with torch.no_grad():
-        conv.weight.copy_(d["weight"])
-    setup(conv)
-    x = d["x"].clone().requires_grad_()
-    conv.train()
-    out = conv(x)
-    out.backward(d["grad_out"])
-    conv.eval()
-    with torch.no_grad():
-        out_eval = conv(d["x"])
+    conv, x, out, out_eval = run_conv(method, d, d["config"]["stride"], dtype, setup)
     rel = 1e-10 if dtype == torch.float64 else 1e-5
 
     def close(a, b):
