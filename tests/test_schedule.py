@@ -65,3 +65,25 @@ def test_a_method_declares_parameters_that_never_get_weight_decay():
     for policy in ("all", "no_1d"):
         groups = param_groups(model, 1e-4, policy, WithThreshold())
         assert [sum(p.numel() for p in g["params"]) for g in groups] == [108, 4], policy
+
+
+def test_a_method_lr_scale_gets_its_own_group_and_the_schedule_scales_it():
+    """Method.lr_scale: RBONN's u trains at 0.1x the schedule's lr (its own group, wd as decided), every
+    other parameter stays in the two usual groups; set_lr applies the factor at every step."""
+    from bnnbench.config.spec import TrainSettings
+    from bnnbench.engine.optim import make_optimizer, set_lr
+    from bnnbench.plugins import METHODS
+    from bnnbench.plugins.arch import build_model
+    method = METHODS.get("rebnn")(overrides={"recurrent": True})
+    model = build_model(method, "cresnet20", 10)
+    opt = make_optimizer(model, TrainSettings(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=2), method)
+    us = {id(p) for n, p in model.named_parameters() if n.endswith(".u")}
+    scaled = [g for g in opt.param_groups if "lr_scale" in g]
+    assert len(scaled) == 1 and {id(p) for p in scaled[0]["params"]} == us and len(us) == 18
+    assert scaled[0]["lr"] == pytest.approx(1e-4) and opt.param_groups[0]["lr"] == 1e-3
+    set_lr(opt, 5e-4)
+    assert scaled[0]["lr"] == pytest.approx(5e-5)
+    assert all(g["lr"] == 5e-4 for g in opt.param_groups if g is not scaled[0])
+    rebnn = METHODS.get("rebnn")()
+    plain = make_optimizer(build_model(rebnn, "cresnet20", 10), TrainSettings(), rebnn)
+    assert not any("lr_scale" in g for g in plain.param_groups)   # no u: the usual groups only

@@ -27,18 +27,24 @@ from bnnbench.plugins.method import Method
 
 def param_groups(model: nn.Module, weight_decay: float, policy: str, method=None,
                  exclude: frozenset[int] = frozenset()) -> list[dict]:
-    """[{decayed params, weight_decay}, {the rest, 0}]; ``method.decays(name, param, policy)`` decides
-    (the :class:`~bnnbench.plugins.method.Method` default when ``method`` is None); parameters whose id is in
-    ``exclude`` (a method's own optimizer holds them) are left out."""
+    """[{decayed params, weight_decay}, {the rest, 0}, then one group per other (decay, lr_scale) pair];
+    ``method.decays(name, param, policy)`` and ``method.lr_scale(name, param)`` decide (the
+    :class:`~bnnbench.plugins.method.Method` defaults when ``method`` is None: every scale 1, so the first two
+    groups are all there is); parameters whose id is in ``exclude`` (a method's own optimizer holds them) are
+    left out. A group with a scale other than 1 carries ``lr_scale``, which :func:`set_lr` applies."""
     if method is None:
         method = Method()
-    decay, no_decay = [], []
+    buckets: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in exclude:
-            (decay if method.decays(name, p, policy) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            key = (method.decays(name, p, policy), float(method.lr_scale(name, p)))
+            buckets.setdefault(key, []).append(p)
+    groups = [{"params": buckets.pop((True, 1.0)), "weight_decay": weight_decay}]
+    rest = buckets.pop((False, 1.0))
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    for (decays, scale), params in buckets.items():
+        groups.append({"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
     return groups
 
 
@@ -48,6 +54,9 @@ def make_optimizer(model: nn.Module, st, method=None, steps_per_epoch: int = 1):
     own = method.optimizer(model, st, steps_per_epoch) if method is not None else None
     claimed = frozenset(id(p) for g in own.param_groups for p in g["params"]) if own is not None else frozenset()
     groups = param_groups(model, st.weight_decay, st.wd_policy, method, claimed)
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = st.lr * g["lr_scale"]
     if st.optimizer == "sgd":
         recipe = torch.optim.SGD(groups, lr=st.lr, momentum=st.momentum, nesterov=st.nesterov)
     else:
@@ -106,5 +115,6 @@ def lr_at(st, t: float, unit: float = 1.0) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's ``lr`` on every group, times the group's ``lr_scale`` where it has one."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)

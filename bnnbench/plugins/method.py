@@ -24,6 +24,7 @@ Everything that distinguishes a method lives in the plugin:
   state is checkpointed with the recipe's; keep schedules in it (e.g. from its step count), not in Python;
 * ``effective_sign`` (on the conv class): the sign the forward pass really uses, for flip tracking;
 * ``epoch_stats(model)``: extra per-epoch numbers for the run's metrics;
+* ``lr_scale(name, param)``: a factor on the learning rate for some parameters (RBONN's u at 0.1x);
 * ``decays(name, param, policy)`` / ``no_decay``: which parameters get weight decay under the recipe's
   ``wd_policy`` (default: all; no_1d: not 1-D ones; ``no_decay`` names binary-conv parameters, such as
   learnable thresholds, that never get it; ``by_name`` is a method's own rule, e.g. ReCU's);
@@ -160,6 +161,10 @@ class Method:
             return self.decays_by_name(name)
         raise ConfigError(f"wd_policy = {policy!r} is unknown; allowed: all, no_1d, by_name")
 
+    def lr_scale(self, name: str, param: nn.Parameter) -> float:
+        """Factor on the schedule's learning rate for parameter ``name`` (default 1; RBONN trains u at 0.1)."""
+        return 1.0
+
     def decays_by_name(self, name: str) -> bool:
         """The method's by-name weight-decay rule (``wd_policy: by_name``); methods without one refuse it."""
         raise ConfigError(f"wd_policy = 'by_name' is a method's own rule and {self.name or 'this method'} "
@@ -207,7 +212,7 @@ class Method:
 
 #: the hooks a method may override, with the arguments the trainer passes (after ``self``)
 HOOKS = {"prepare": ("model",), "on_epoch_start": ("model", "epoch", "epochs"), "after_backward": ("model",),
-         "optimizer": ("model", "settings", "steps_per_epoch"),
+         "optimizer": ("model", "settings", "steps_per_epoch"), "lr_scale": ("name", "param"),
          "epoch_stats": ("model",), "decays": ("name", "param", "policy"), "decays_by_name": ("name",),
          "activation": ("channels",), "loss": ("settings",), "penalty": ("model",), "set_binarize": ("model", "mode")}
 
