@@ -17,7 +17,7 @@ def finished(tmp_path_factory):
     data = make_cifar(tmp / "data")
     recipe = make_recipe(tmp / "tiny.yaml", epochs=1)
     out = tmp / "out"
-    assert main(["--methods", "recu", "irnet", "--recipe", str(recipe), "--data-root", str(data), "--out",
+    assert main(["--methods", "recu", "irnet", "adabin", "--recipe", str(recipe), "--data-root", str(data), "--out",
                  str(out), "--device", "cpu"]) == 0
     return sorted((out / "runs").iterdir()), data, tmp
 
