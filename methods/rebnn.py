@@ -30,7 +30,7 @@ none (the only difference, and only on step 1).
 
 Benchmark decisions: the shared backbones are used with ReActNet's RPReLU (shift -> PReLU -> shift) as the
 activation between binary convs (:class:`RPReLU`); the ReActNet-style backbone has its own RSign/RPReLU
-shifts. u trains at 0.1x the schedule's learning rate (``u_lr_scale``), as in the authors' ``train.py``.
+shifts. u trains at 0.1x the schedule's learning rate (``U_LR_SCALE``), as in the authors' ``train.py``.
 Parity with the authors' code: ``tests/test_golden.py`` (ReBNN and RBONN, with and without a
 previous gradient, the edit in isolation, float32 and float64, stride 1 and 2).
 """
@@ -44,6 +44,7 @@ from bnnbench.plugins import Method, register_method
 
 BIN = 0.02           # the authors' hard-coded weight magnitude factor
 KEEP_FRACTION = 0.6  # RBONN's "thre": D selects floor((1 - 0.6) C_out) channels
+U_LR_SCALE = 0.1     # RBONN's train.py trains u at lr 1e-4 against the others' 1e-3
 
 
 class _ScaledSign(torch.autograd.Function):
@@ -134,12 +135,12 @@ class ReBNN(Method):
     name = "rebnn"
     paper = "Xu et al., ReBNN, AAAI 2023 (RBONN, ECCV 2022: recurrent=true, gamma=1e-4)"
     conv_class = ReBNNConv2d
-    hparams = {"gamma": 2e-4, "recurrent": False, "u_lr_scale": 0.1}
-    hparam_ranges = {"gamma": (">= 0", lambda v: v >= 0), "u_lr_scale": ("> 0", lambda v: v > 0)}
+    hparams = {"gamma": 2e-4, "recurrent": False}
+    hparam_ranges = {"gamma": (">= 0", lambda v: v >= 0)}
 
     def lr_scale(self, name: str, param: nn.Parameter) -> float:
-        """RBONN's train.py: ``binary_conv.u`` at lr 1e-4 against 1e-3 for the rest (0.1x)."""
-        return self.hp["u_lr_scale"] if name.rsplit(".", 1)[-1] == "u" else 1.0
+        """RBONN's train.py: ``binary_conv.u`` at lr 1e-4 against 1e-3 for the rest (``U_LR_SCALE``)."""
+        return U_LR_SCALE if name.rsplit(".", 1)[-1] == "u" else 1.0
 
     def after_backward(self, model: nn.Module) -> None:
         for layer in self.layers(model, ReBNNConv2d):
