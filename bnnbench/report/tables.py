@@ -211,7 +211,8 @@ def _deploy_cells(deploys: list[dict | None]) -> dict:
                 or (e.get("conditions") or {}).get("wide_spread")]
     return {"deploy_ms": 1000 * statistics.median(e["packed"]["median_s"] for e in measured),
             "deploy_speedup": statistics.median(e["speedup_vs_fp32"] for e in measured), "deploy_note": None,
-            "deploy_unsteady": len(unsteady)}
+            # the median over runs is one of them: starred when most were timed unsteadily
+            "deploy_unsteady": 2 * len(unsteady) > len(measured)}
 
 
 def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
@@ -313,7 +314,7 @@ COLUMN_NOTES = {
 NOTES = " ".join(v for k, v in COLUMN_NOTES.items() if k != "wall/run")
 
 
-UNSTEADY_NOTE = ("* 1-bit ms of some of the row's runs was timed while other work kept the CPU busy or with a "
+UNSTEADY_NOTE = ("* 1-bit ms of most of the row's runs was timed while other work kept the CPU busy or with a "
                  "wide spread between timing rounds, so it is not a latency figure (x FP32 is paired per round and "
                  "stays valid); run_bench.py deploy-bench --run RUN_DIR re-measures on a quiet machine.")
 
