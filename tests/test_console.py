@@ -41,13 +41,12 @@ def in_terminal(width: int, args: list[str], tmp) -> str:
     done = tmp / f"done-{width}"
     cmd = " ".join([sys.executable, str(ROOT / "run_bench.py"), *(f"'{a}'" for a in args)])
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "80",
-                    f"unset COLUMNS LINES; cd {ROOT} && {cmd}; touch {done}; sleep 120"], check=True)
+                    f"unset COLUMNS LINES; cd {ROOT} && {cmd}; touch {done}; sleep 1000"], check=True)
     try:
-        for _ in range(600):
-            if done.exists():
-                break
-            time.sleep(0.1)
-        assert done.exists(), "the report did not finish within 60 s"
+        deadline = time.monotonic() + 900   # a bound against a hang, not a speed check: slow or shared CPUs
+        while not done.exists() and time.monotonic() < deadline:   # train the front door's runs for minutes
+            time.sleep(0.2)
+        assert done.exists(), "the command did not finish within 15 minutes"
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True,
                               check=True).stdout
     finally:
