@@ -16,22 +16,10 @@ parameters.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from bnnbench.nn import shift
+from bnnbench.nn import Shift
 from bnnbench.plugins import ArchSpec, Method, register_arch
-
-
-class Shift(nn.Module):
-    """x + b_c with a learnable per-channel b (zero init), applied in x's dtype."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return shift(x, -self.bias)
 
 
 class Block(nn.Module):

@@ -30,7 +30,7 @@ and float64, stride 1 and 2).
 from __future__ import annotations
 
 import torch
-from bnnbench.methods.irnet import ede_schedule
+from bnnbench.methods.irnet import EDE_RANGES, set_ede
 from torch import Tensor, nn
 
 from bnnbench.nn import FILTER_DIMS, BinaryConv2d, InferenceForm, sign_approx, sign_ede
@@ -102,14 +102,10 @@ class AdaBin(Method):
     paper = "Tu et al., AdaBin, ECCV 2022"
     conv_class = AdaBinConv2d
     hparams = {"t_min": 1e-3, "t_max": 10.0}
-    hparam_ranges = {"t_min": ("> 0 (log10 is taken)", lambda v: v > 0),
-                     "t_max": ("> 0 (log10 is taken)", lambda v: v > 0)}
+    hparam_ranges = EDE_RANGES
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        t, k = ede_schedule(epoch, epochs, self.hp["t_min"], self.hp["t_max"])
-        for layer in self.layers(model, AdaBinConv2d):
-            layer.t.fill_(t)
-            layer.k.fill_(k)
+        set_ede(self.layers(model, AdaBinConv2d), epoch, epochs, self.hp["t_min"], self.hp["t_max"])
 
     def activation(self, channels: int) -> nn.Module:
         return Maxout(channels)

@@ -31,6 +31,7 @@ the regulariser's value and gradient).
 from __future__ import annotations
 
 import torch
+from bnnbench.methods.recu import conv_or_fc
 from torch import Tensor, nn
 
 from bnnbench.nn import BinaryConv2d, sign_approx, sign_approx_per_sample, sign_ste
@@ -86,5 +87,5 @@ class BiPer(Method):
         return self.hp["tau"] * torch.stack([m.regulariser() for m in self.layers(model, BiPerConv2d)]).sum()
 
     def decays_by_name(self, name: str) -> bool:
-        """The authors' ImageNet rule (ReCU's, imagenet/main.py): decay names with a 'conv' or an 'fc' part."""
-        return any("conv" in part or part == "fc" for part in name.split("."))
+        """The authors' ImageNet rule, ReCU's (:func:`bnnbench.methods.recu.conv_or_fc`)."""
+        return conv_or_fc(name)

@@ -27,6 +27,17 @@ from torch import Tensor, nn
 from bnnbench.nn import FILTER_DIMS, BinaryConv2d, sign_ede
 from bnnbench.plugins import Method, register_method
 
+#: allowed values of the EDE schedule's hyperparameters (IR-Net, AdaBin)
+EDE_RANGES = {"t_min": ("> 0 (log10 is taken)", lambda v: v > 0), "t_max": ("> 0 (log10 is taken)", lambda v: v > 0)}
+
+
+def set_ede(layers, epoch: int, epochs: int, t_min: float, t_max: float) -> None:
+    """Fill every layer's ``t`` and ``k`` buffers with the EDE schedule at ``epoch`` of ``epochs``."""
+    t, k = ede_schedule(epoch, epochs, t_min, t_max)
+    for layer in layers:
+        layer.t.fill_(t)
+        layer.k.fill_(k)
+
 
 def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
     """(t, k) of IR-Net's EDE at 0-based ``epoch`` of ``epochs``."""
@@ -65,11 +76,7 @@ class IRNet(Method):
     paper = "Qin et al., IR-Net, CVPR 2020"
     conv_class = IRNetConv2d
     hparams = {"t_min": 0.1, "t_max": 10.0}
-    hparam_ranges = {"t_min": ("> 0 (log10 is taken)", lambda v: v > 0),
-                     "t_max": ("> 0 (log10 is taken)", lambda v: v > 0)}
+    hparam_ranges = EDE_RANGES
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        t, k = ede_schedule(epoch, epochs, self.hp["t_min"], self.hp["t_max"])
-        for layer in self.layers(model, IRNetConv2d):
-            layer.t.fill_(t)
-            layer.k.fill_(k)
+        set_ede(self.layers(model, IRNetConv2d), epoch, epochs, self.hp["t_min"], self.hp["t_max"])

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnbench.nn import FILTER_DIMS, BinaryConv2d, sign_approx
+from bnnbench.nn import FILTER_DIMS, BinaryConv2d, Shift, sign_approx
 from bnnbench.plugins import Method, register_method
 
 BIN = 0.02           # the authors' hard-coded weight magnitude factor
@@ -108,17 +108,6 @@ class ReBNNConv2d(BinaryConv2d):
                 self.u.grad.sub_((gamma * r * mask * self.prev_grad).sum(dim=FILTER_DIMS, keepdim=True))
             self.prev_grad.copy_(self.weight.grad)
             self.has_prev.fill_(1.0)
-
-
-class Shift(nn.Module):
-    """x + b, b a learnable per-channel shift (zeros): ReActNet's "move" bias."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.bias.to(x.dtype)
 
 
 class RPReLU(nn.Sequential):

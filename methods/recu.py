@@ -32,6 +32,12 @@ from bnnbench.plugins import Method, register_method
 _TWO_SQRT2 = 2.0 * math.sqrt(2.0)
 
 
+def conv_or_fc(name: str) -> bool:
+    """ReCU's ImageNet weight-decay rule (imagenet/main.py): decay only parameters whose name has 'conv' or an
+    'fc' part (BiPer's code base is ReCU's and keeps it)."""
+    return any("conv" in part or part == "fc" for part in name.split("."))
+
+
 def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
     """ReCU's adaptive exponential tau at 0-based ``epoch`` of ``epochs``."""
     return tau_min + (tau_max - tau_min) * (math.exp(epoch / epochs) - 1.0) / (math.e - 1.0)
@@ -75,8 +81,8 @@ class ReCU(Method):
                      "tau_max": ("in (0.5, 1)", lambda v: 0.5 < v < 1)}
 
     def decays_by_name(self, name: str) -> bool:
-        """ReCU's ImageNet rule (imagenet/main.py): decay only parameters whose name has 'conv' or an 'fc' part."""
-        return any("conv" in part or part == "fc" for part in name.split("."))
+        """ReCU's ImageNet rule: :func:`conv_or_fc`."""
+        return conv_or_fc(name)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         tau = tau_schedule(epoch, epochs, self.hp["tau_min"], self.hp["tau_max"])

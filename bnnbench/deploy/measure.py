@@ -54,10 +54,9 @@ def conditions(load: dict, packed_times: list[float]) -> dict:
     either makes the latency unreliable (``contended``: other work kept more than ``CONTENDED_CORES`` cores
     busy; ``wide_spread``: IQR / median above ``WIDE_SPREAD``). The paired speed-up stays meaningful: both
     sides of each round saw the same machine."""
-    others = load["other_cores_busy"]
-    return {**load, "threads": torch.get_num_threads(), "spread": spread(packed_times),
-            "contended": others is not None and others > CONTENDED_CORES,
-            "wide_spread": spread(packed_times) > WIDE_SPREAD}
+    others, wide = load["other_cores_busy"], spread(packed_times)
+    return {**load, "threads": torch.get_num_threads(), "spread": wide,
+            "contended": others is not None and others > CONTENDED_CORES, "wide_spread": wide > WIDE_SPREAD}
 
 
 def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> list[dict]:

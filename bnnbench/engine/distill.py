@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnnbench.config.settings import pretrained_teacher
 from bnnbench.data.catalog import socket_timeout
 from bnnbench.engine.rebuild import trained_model
 from bnnbench.errors import ConfigError
@@ -82,10 +83,10 @@ def torchvision_teacher(name: str, num_classes: int) -> nn.Module:
 def load_teacher(ref: dict, runs_dir: Path, data_root: Path, device: torch.device, num_classes: int) -> nn.Module:
     """The frozen teacher a run's spec names (``{"run", "name"}`` of a finished run, ``{"torchvision"}`` or
     ``{"timm"}``)."""
-    if "torchvision" in ref:
-        model = torchvision_teacher(ref["torchvision"], num_classes)
-    elif "timm" in ref:
-        model = timm_teacher(ref["timm"], num_classes)
+    pretrained = pretrained_teacher(ref)
+    if pretrained:
+        source, name = pretrained
+        model = {"torchvision": torchvision_teacher, "timm": timm_teacher}[source](name, num_classes)
     else:
         d = finished_dependency(runs_dir, ref, "teacher")
         _, model, _ = trained_model(d, data_root, device)

@@ -54,14 +54,12 @@ def make_optimizer(model: nn.Module, st, method=None, steps_per_epoch: int = 1):
     own = method.optimizer(model, st, steps_per_epoch) if method is not None else None
     claimed = frozenset(id(p) for g in own.param_groups for p in g["params"]) if own is not None else frozenset()
     groups = param_groups(model, st.weight_decay, st.wd_policy, method, claimed)
-    for g in groups:
-        if "lr_scale" in g:
-            g["lr"] = st.lr * g["lr_scale"]
     if st.optimizer == "sgd":
         recipe = torch.optim.SGD(groups, lr=st.lr, momentum=st.momentum, nesterov=st.nesterov)
     else:
         cls = torch.optim.Adam if st.optimizer == "adam" else torch.optim.AdamW
         recipe = cls(groups, lr=st.lr, betas=tuple(st.betas))
+    set_lr(recipe, st.lr)  # the groups with an lr_scale
     return recipe if own is None else CompositeOptimizer(recipe, own)
 
 

@@ -261,3 +261,15 @@ def shift(x: Tensor, beta: Tensor) -> Tensor:
     activation under autocast would otherwise promote the activation to fp32 and double its memory; the
     gradient still reaches ``beta`` in fp32."""
     return x - beta.to(x.dtype)
+
+
+class Shift(nn.Module):
+    """x + b_c with a learnable per-channel b (zero init), applied in x's dtype: ReActNet's "move" bias
+    (``architectures/reactnet.py``; ReBNN's RPReLU in ``methods/rebnn.py``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return shift(x, -self.bias)
