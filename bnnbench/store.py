@@ -8,6 +8,7 @@
         flips.pt          final never-flipped masks
         init.json         what --init-from loaded (matched, missing, unexpected tensors)
         deploy.json       the trained model exported to 1-bit form, measured on this CPU
+        robustness.json   top-1 under corruptions and attacks (bnnbench/engine/robustness.py), entry by entry
         result.json       written atomically, last: a run with a valid result.json is done
         lock              claim of the worker running it: an OS file lock while it runs (text: pid, host, time)
         error.log         traceback of an exception that failed the run
@@ -47,6 +48,7 @@ RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", 
                                                   "checkpoint.pt", "checkpoint.prev.pt", "lock")
 FLIPS, INIT_WEIGHTS, INIT_REPORT, DEPLOY, ERROR_LOG = ("flips.pt", "init_weights.pt", "init.json", "deploy.json",
                                                        "error.log")
+ROBUSTNESS = "robustness.json"
 # --- atomic writes -----------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -315,6 +317,17 @@ class RunDir:
             raise RunError(f"{p} is a symbolic link or not a plain file; the run writes a plain file there: remove it")
         atomic_write_text(p, text)
 
+    def read_robustness(self) -> dict | None:
+        """The run's ``robustness.json``; None when absent or unreadable (then it is evaluated afresh)."""
+        try:
+            doc = read_json(self.file(ROBUSTNESS))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_robustness(self, doc: dict) -> None:
+        write_json(self.file(ROBUSTNESS), doc)
+
     def write_result(self, result) -> None:
         """Write a RunResult (or its dict), sealed with a checksum."""
         doc = result if isinstance(result, dict) else result.to_dict()
@@ -322,7 +335,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Forget a previous attempt (``--force``): result, checkpoints, metrics, deploy figures."""
-        for name in (RESULT, METRICS, CKPT, CKPT_PREV, FLIPS, INIT_WEIGHTS, ERROR_LOG, DEPLOY):
+        for name in (RESULT, METRICS, CKPT, CKPT_PREV, FLIPS, INIT_WEIGHTS, ERROR_LOG, DEPLOY, ROBUSTNESS):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:

@@ -3,7 +3,8 @@
     run_bench.py --methods M [M ...] [--archs A ...] [--recipe R] [--track unified|paper] [--seeds N]
                  [--epochs E] [--set key=value ...] [--hp method.key=value ...] [--data-root DIR]
                  [--device auto|cpu|cuda] [--out DIR] [--plugin PATH_OR_MODULE] [--force] [--dry-run]
-    run_bench.py list | report | evaluate | export | bench | deploy-bench | summary   (``run_bench.py --help``)
+    run_bench.py list | report | evaluate | export | robustness | bench | deploy-bench | summary
+                                                                                  (``run_bench.py --help``)
 
 Without a command, ``run`` is meant. This module only parses flags and calls the suite: a sweep is planned
 by :func:`bnnbench.runner.plan` from a :class:`~bnnbench.runner.SweepRequest` built here, run by
@@ -31,9 +32,9 @@ from bnnbench.plugins import ARCHITECTURES, METHODS, load_plugins
 from bnnbench.report.console import CONSOLE_COLUMNS, check_columns
 from bnnbench.report.console import DEFAULT as DEFAULT_COLUMNS
 from bnnbench.report.publish import publish
-from bnnbench.runner import SlurmOptions, SweepRequest, parse_assignments, plan, run_sweep, submit
+from bnnbench.runner import SlurmOptions, SweepRequest, evaluate_extras, parse_assignments, plan, run_sweep, submit
 from bnnbench.store import RunDir, check_output_file, check_writable
-from bnnbench.tools import bench, deploy_bench, summary
+from bnnbench.tools import bench, deploy_bench, robustness, summary
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
 
@@ -46,7 +47,7 @@ def _console() -> Console:
 
 
 DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
-COMMANDS = ("run", "report", "evaluate", "export", "bench", "deploy-bench", "summary", "list")
+COMMANDS = ("run", "report", "evaluate", "export", "robustness", "bench", "deploy-bench", "summary", "list")
 
 
 def add_plugin_argument(p: argparse.ArgumentParser, why: str = "") -> None:
@@ -73,6 +74,10 @@ def build_main_parser() -> argparse.ArgumentParser:
     add_export_arguments(sub.add_parser(
         "export", help="write a finished run's model with 1 bit per binary weight (bnnbench/deploy/export.py)",
         description=models_doc))
+    add_plugin_argument(robustness.add_arguments(sub.add_parser(
+        "robustness", help="finished runs under the 15 common corruptions and FGSM/PGD attacks (robustness.json; "
+        "the leaderboard's mCA and PGD columns)", description=robustness.__doc__.split("\n\n")[0])),
+        " (the plugin the runs used)")
     add_plugin_argument(bench.add_arguments(sub.add_parser(
         "bench", help="measure training-step speed of every method against full precision",
         description=bench.__doc__.split("\n\n")[0])))
@@ -245,6 +250,8 @@ def cmd_run(args, console) -> int:
         return EXIT_PREEMPTED
     if not ddp.is_main():
         return EXIT_RUN_FAILED if failures else 0
+    if args.launcher == "local":
+        failures += evaluate_extras(todo + skipped, device, data_root, console)
     files, plots = publish(args.out, console, "rich", published=published, columns=args.columns, wide=args.wide)
     console.print("leaderboard written to " + ", ".join(str(f) for f in files.values())
                   + f"; {len(plots)} plots in {args.out / 'plots'}")
@@ -281,7 +288,8 @@ def cmd_report(args, console) -> int:
 
 
 #: flags some commands take, with their smallest allowed value
-MINIMUM = {"threads": 1, "batch": 1, "steps": 1, "warmup": 0, "rounds": 1, "num_classes": 2}
+MINIMUM = {"threads": 1, "batch": 1, "steps": 1, "pgd_steps": 1, "subset": 1, "warmup": 0, "rounds": 1,
+           "num_classes": 2}
 
 
 def check_arguments(args) -> None:
@@ -304,6 +312,8 @@ def _dispatch(args, console) -> int:
         return cmd_report(args, console)
     if args.command in ("evaluate", "export"):
         return (models.cmd_evaluate if args.command == "evaluate" else models.cmd_export)(args, console)
+    if args.command == "robustness":
+        return robustness.run(args, console)
     if args.command == "bench":
         return bench.run(args, console)
     if args.command == "deploy-bench":

@@ -11,6 +11,7 @@ A recipe file (``recipes/<name>.yaml``)::
       epochs: 600
       ...                             # every key of bnnbench.config.settings.TRAIN_FIELDS (defaults fill the rest)
       method_hparams: {ovsw: {delta: 0.04, gamma: 9.0e-4}}
+    eval: {robustness: {subset: 1000}} # optional extras after training (bnnbench/config/evaluation.py)
     paper:                            # the paper track: per method, changes to `train` (its own recipe)
       recu: {normalize: imagenet}
       irnet: {epochs: 400, batch_size: 128, method_hparams: {t_min: 1.0e-3}}
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnnbench.config.evaluation import parse_eval
 from bnnbench.config.settings import PRETRAINED_TEACHERS, SAFE_NAME, check_train, pretrained_teacher
 from bnnbench.config.yamlio import load_yaml
 from bnnbench.data.catalog import DATASETS
@@ -37,7 +39,7 @@ DEFAULT_RECIPE = "digits-cresnet20"
 TRACKS = ("unified", "paper")
 
 TOP_FIELDS = {"name", "description", "dataset", "backbone", "backbone_options", "train", "paper", "stages",
-              "teacher"}
+              "teacher", "eval"}
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Recipe:
     #: the two-stage track (bnnbench/runner/stages.py): [{name, train, init}] and the teacher, or empty / None
     stages: list = field(default_factory=list)
     teacher: dict | None = None
+    #: evaluation extras after training (``eval:``, bnnbench/config/evaluation.py), e.g. {"robustness": {...}}
+    evaluation: dict = field(default_factory=dict)
 
     def resolve(self, method: str, track: str) -> tuple[dict, str]:
         """Training settings of ``method`` on ``track`` and a note saying where they came from."""
@@ -104,7 +108,8 @@ def parse_recipe(doc: Any, where: str) -> Recipe:
     train = check_train(doc["train"], f"{where}, section 'train'", partial=False)
     paper = _parse_paper(doc.get("paper") or {}, train, where)
     return Recipe(doc["name"], description, doc["dataset"], doc["backbone"], options, train, paper, where,
-                  stages=parse_stages(doc.get("stages"), where), teacher=parse_teacher(doc.get("teacher"), where))
+                  stages=parse_stages(doc.get("stages"), where), teacher=parse_teacher(doc.get("teacher"), where),
+                  evaluation=parse_eval(doc.get("eval"), where))
 
 
 def _parse_paper(paper_doc: Any, train: dict, where: str) -> dict:

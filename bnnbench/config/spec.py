@@ -103,6 +103,8 @@ class RunSpec:
     stage: str = ""
     teacher: Mapping[str, Any] = field(default_factory=dict)
     download: bool = True  # not part of the identity
+    #: the recipe's evaluation extras (``eval:``, bnnbench/config/evaluation.py); not part of the identity
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
 
     def identity(self, with_seed: bool = True) -> dict:
         settings = {k: v for k, v in self.settings.as_dict().items()

@@ -31,6 +31,12 @@ def checked_data(spec: RunSpec, data_root: Path):
     return data
 
 
+def input_normalization(spec: RunSpec, data) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) in [0, 1] scale the run normalises its in-memory images with."""
+    norm = spec.settings.normalize
+    return data.stats() if norm == "dataset" else NORMALIZATIONS[norm]
+
+
 def run_model(spec: RunSpec, num_classes: int, run_name: str) -> tuple[Method, nn.Module]:
     """The run's method (its resolved hyperparameters) and its freshly built backbone."""
     arch = ARCHITECTURES.get(spec.backbone)
@@ -55,7 +61,7 @@ def make_loaders(spec: RunSpec, device: torch.device, data_root: Path):
         return imagenet_loaders(data_root, st.batch_size // shard[1], st.eval_batch_size, st.workers, spec.seed,
                                 shard=shard, augment=st.augment, normalize=st.normalize)
     data = checked_data(spec, data_root)
-    mean, std = data.stats() if st.normalize == "dataset" else NORMALIZATIONS[st.normalize]
+    mean, std = input_normalization(spec, data)
     if st.augment == "imagenet":
         raise ConfigError(f"augment = 'imagenet' needs an ImageFolder dataset, not {data.name}")
     common = dict(mean=mean, std=std, device=device, seed=spec.seed, channels_last=True, shard=shard)

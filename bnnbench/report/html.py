@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from bnnbench.report.plots import curve_stem
-from bnnbench.report.tables import NOTES, StoredRun, cells, columns, deploy_notes, row_labels
+from bnnbench.report.tables import StoredRun, cells, columns, notes, row_labels
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}h1{font-size:22px}
@@ -81,7 +81,7 @@ def _section(t: dict, runs: list[StoredRun], plots: Path) -> str:
     cols = columns([t])
     parts = [f"<h2>{html.escape(t['title'])}</h2>", _table(cols, [cells(r, cols) for r in t["rows"]], "leaderboard")]
     stem = curve_stem(t["recipe"], t["track"], t["backbone"], t["epochs"], t["full_data"])
-    for kind in ("curves", "flips"):
+    for kind in ("curves", "flips", "robustness"):
         if (plots / f"{kind}__{stem}.png").exists():
             parts.append(_img(plots / f"{kind}__{stem}.png", f"{kind} of {t['title']}"))
     mine = [s for s in runs if (s.result.recipe, s.result.track, s.result.backbone, s.result.epochs,
@@ -115,7 +115,7 @@ def render_html(tables: list[dict], runs: list[StoredRun], out: Path, skipped: l
     if skipped:
         body += ("<h2>Run directories not reported</h2><ul>"
                  + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in skipped) + "</ul>")
-    notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
+    text = notes(tables)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>bnnbench report</title>'
             f"<style>{STYLE}</style></head><body><h1>bnnbench leaderboard</h1>"
-            f'<p class="notes">{html.escape(notes)}</p>{body}<script>{SCRIPT}</script></body></html>\n')
+            f'<p class="notes">{html.escape(text)}</p>{body}<script>{SCRIPT}</script></body></html>\n')

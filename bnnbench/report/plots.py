@@ -3,6 +3,8 @@
 * ``curves__<recipe>__<track>__<backbone>.png``: test top-1 per epoch, one line per method (variant);
 * ``flips__<recipe>__<track>__<backbone>.png``: per-epoch flip ratio (flipped at least once in the epoch),
   one line per method;
+* ``robustness__<recipe>__<track>__<backbone>.png``: top-1 per corruption (mean over severities and seeds)
+  and per method, a heat map with the figures written in (runs with a ``robustness.json``);
 * ``silent__<run>.png``: the OvSW paper's figure for one run: histogram of the initial latent weights
   with the never-flipped ones overlaid, for one layer (default: the last binary layer) and for all binary
   layers together.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bnnbench.data.corruptions import CORRUPTIONS
 from bnnbench.report.stats import mean_interval
 from bnnbench.report.tables import row_labels
 from bnnbench.store import FLIPS, INIT_WEIGHTS, RESULT, RunDir, load_torch
@@ -140,10 +143,51 @@ def plot_silent_hist(run_dir: Path, out: Path, layer: str | None = None, bins: i
     return path
 
 
+def corruption_means(seeds: list) -> dict[str, float]:
+    """{corruption: top-1 averaged over its severities, then over the seeds that evaluated it}."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for s in seeds:
+        for name, sev in ((s.robustness or {}).get("corruptions") or {}).items():
+            if sev:
+                per[name].append(sum(sev.values()) / len(sev))
+    return {name: sum(v) / len(v) for name, v in per.items()}
+
+
+def plot_robustness(runs: list, out: Path) -> list[Path]:
+    """One heat map per table: rows the methods, columns the corruptions (top-1, %)."""
+    written = []
+    for (recipe, track, backbone, epochs, full), by_method in sorted(_group_runs(runs).items()):
+        table = {label: corruption_means(seeds) for label, seeds in sorted(by_method.items())}
+        table = {label: row for label, row in table.items() if row}
+        if not table:
+            continue
+        names = [n for n in CORRUPTIONS if any(n in row for row in table.values())]
+        grid = [[row.get(n, float("nan")) for n in names] for row in table.values()]
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(names), 1.4 + 0.36 * len(table)))
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(len(table)), list(table), fontsize=8)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < (min(map(min, grid)) + max(map(max, grid))) / 2 else "black")
+        fig.colorbar(im, ax=ax, label="top-1 (%)", fraction=0.03)
+        ax.set_title(f"{recipe} [{track}] {backbone}: top-1 under each corruption (mean of severities)", fontsize=9)
+        path = Path(out) / "plots" / f"robustness__{curve_stem(recipe, track, backbone, epochs, full)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def plot_all(runs: list, out: Path, warn=print) -> list[Path]:
     """Every plot of the collected runs (``report.StoredRun``); returns the files written. A run whose
     weight files are unreadable gets no histogram and a warning naming the file."""
-    written = list(plot_curves(runs, out))
+    written = list(plot_curves(runs, out)) + plot_robustness(runs, out)
     for s in runs:
         if s.result.status == "done" and (s.path / RESULT).exists():
             try:

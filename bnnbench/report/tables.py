@@ -27,6 +27,10 @@ from bnnbench.references import find_reference
 from bnnbench.report.stats import compare, holm, mean_interval, ranks
 from bnnbench.store import CONFIG, DEPLOY, RESULT, RunDir, atomic_write_text, read_json, verify_result
 
+#: the robustness columns (bnnbench/engine/robustness.py): mCA and PGD top-1 at this radius (pixel levels)
+PGD_EPS = "2"
+ROBUST_COLUMNS = ["mCA", "rank mCA", f"PGD {PGD_EPS}/255", "rank PGD"]
+
 COLUMNS = ["method", "top1 final", "rank", "top1 best", "rank best", "top5", "paper", "gap", "silent %", "flip %",
            "binary params %",
            "OPs", "size", "1-bit ms (b1, CPU)", "x FP32", "epochs", "wall/run", "img/s"]
@@ -39,6 +43,7 @@ class StoredRun:
     result: RunResult
     path: Path
     deploy: dict | None = None  # deploy.json: the 1-bit model's measured latency (bnnbench/deploy/measure.py)
+    robustness: dict | None = None  # robustness.json: top-1 under corruptions and attacks
 
     @property
     def name(self) -> str:
@@ -60,7 +65,9 @@ def load_run(d: Path) -> StoredRun:
         raise ValueError(f"{d / 'metrics.jsonl'} was changed after the run finished")
     if doc["status"] == "done" and not isinstance(doc.get("final_top1"), (int, float)):
         raise ValueError("no final accuracy")
-    return StoredRun(RunResult.from_dict(doc, spec, str(d / RESULT)), d, read_deploy(d))
+    robust = rd.read_robustness()
+    return StoredRun(RunResult.from_dict(doc, spec, str(d / RESULT)), d, read_deploy(d),
+                     robust if robust and robust.get("spec_hash") == cfg_hash else None)
 
 
 def read_deploy(d: Path) -> dict | None:
@@ -151,6 +158,7 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None,
     """
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
     deploys = {id(s.result): s.deploy for s in stored}
+    robust = {id(s.result): s.robustness for s in stored}
     for r in (s.result for s in stored):
         groups[(r.recipe, r.track, r.dataset, r.backbone, r.epochs, bool(r.epochs_overridden),
                 bool(r.full_data))].append(r)
@@ -164,6 +172,8 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None,
         rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden,
                      [deploys.get(id(r)) for r in by_group[g]], published)
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
+        for row, g in zip(rows, sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))):
+            row.update(robustness_cells([(r, robust.get(id(r))) for r in by_group[g] if r.status == "done"]))
         add_statistics(rows, baseline)
         sched = (f"{epochs} epochs" + (" (changed from the recipe)" if overridden else "")
                  + ("" if full else ", data subset"))
@@ -180,7 +190,7 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None,
 def add_statistics(rows: list[dict], baseline: str | None) -> None:
     """Ranks (final and best top-1) and, when ``baseline`` names a row, each row's difference to it with a
     95% interval and a Holm-adjusted p-value (module bnnbench.report.stats)."""
-    for key in ("final", "best"):
+    for key in ("final", "best", "mca", "pgd"):
         for row, rank in zip(rows, ranks([r.get(f"{key}_by_seed") or {} for r in rows])):
             row[f"rank_{key}"] = rank
         base = next((r for r in rows if r["method"] == baseline), None)
@@ -199,6 +209,23 @@ def add_statistics(rows: list[dict], baseline: str | None) -> None:
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
+
+
+def robustness_cells(runs: list[tuple[RunResult, dict | None]]) -> dict:
+    """mCA (complete 15 x 5 corruption sets only) and PGD top-1 at :data:`PGD_EPS` over the row's seeds, with
+    95% intervals, or why there are none."""
+    mca = {r.seed: d["summary"]["mca"] for r, d in runs if d and (d.get("summary") or {}).get("complete")}
+    pgd = {r.seed: d["pgd"][PGD_EPS] for r, d in runs if d and PGD_EPS in (d.get("pgd") or {})}
+    cells: dict = {"mca_by_seed": mca or None, "pgd_by_seed": pgd or None,
+                   "robust_images": sorted({d["setup"]["images"] for _, d in runs if d})}
+    for key, values in (("mca", mca), ("pgd", pgd)):
+        m = mean_interval(list(values.values())) if values else None
+        cells[key], cells[f"{key}_ci"], cells[f"{key}_n"] = (m.mean, m.half, len(values)) if m else (None, None, 0)
+    if not any(d for _, d in runs):
+        cells["robust_note"] = "not evaluated (run_bench.py robustness RUN_DIR)"
+    elif not mca:
+        cells["robust_note"] = "corruption set incomplete (mCA needs all 15 corruptions x 5 severities)"
+    return cells
 
 
 def _deploy_cells(deploys: list[dict | None]) -> dict:
@@ -250,6 +277,13 @@ def _ci(mean: float, half: float | None) -> str:
     return f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} –"
 
 
+def _ci_n(row: dict, key: str) -> str:
+    if row.get(key) is None:
+        return "-"
+    n = row[f"{key}_n"]
+    return _ci(row[key], row[f"{key}_ci"]) + (f" (n={n})" if n != row["n"] else "")
+
+
 def _vs(v: dict | None) -> str:
     if v is None:
         return "-"
@@ -259,7 +293,12 @@ def _vs(v: dict | None) -> str:
 def columns(tables: list[dict]) -> list[str]:
     """The leaderboard's columns; the baseline columns only when some row was compared to a baseline."""
     compared = any(t.get("baseline") for t in tables)
-    return COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else COLUMNS
+    cols = COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else list(COLUMNS)
+    if any(r.get("mca") is not None or r.get("pgd") is not None for t in tables for r in t["rows"]):
+        at = cols.index("top5")
+        cols[at:at] = ROBUST_COLUMNS[:2] + (["Δ mCA vs baseline"] if compared else []) + ROBUST_COLUMNS[2:] \
+            + (["Δ PGD vs baseline"] if compared else [])
+    return cols
 
 
 def cells(row: dict, cols: list[str]) -> list[str]:
@@ -274,6 +313,10 @@ def cells(row: dict, cols: list[str]) -> list[str]:
              "top1 best": _ci(row["best_top1"], row["best_top1_ci"]), "rank best": str(row.get("rank_best") or "-"),
              "Δ final vs baseline": _vs(row.get("vs_baseline_final")),
              "Δ best vs baseline": _vs(row.get("vs_baseline_best")),
+             "mCA": _ci_n(row, "mca"), "rank mCA": str(row.get("rank_mca") or "-"),
+             "Δ mCA vs baseline": _vs(row.get("vs_baseline_mca")),
+             f"PGD {PGD_EPS}/255": _ci_n(row, "pgd"), "rank PGD": str(row.get("rank_pgd") or "-"),
+             "Δ PGD vs baseline": _vs(row.get("vs_baseline_pgd")),
              "top5": "-" if row["top5"] is None else f"{row['top5']:.2f}", "paper": paper, "gap": gap,
              "silent %": "-" if row["silent"] is None else f"{row['silent']:.2f}",
              "flip %": "-" if row["flip"] is None else f"{row['flip']:.2f}",
@@ -298,6 +341,13 @@ COLUMN_NOTES = {
             "the best share rank 1, and one seed per row never separates rows.",
     "Δ final vs baseline": "Δ vs baseline: difference to the baseline row with its 95% interval and "
                            "Holm-corrected p (same tests).",
+    "mCA": "mCA: mean top-1 over the 15 common corruptions x 5 severities (Hendrycks & Dietterich; CIFAR-10-C's "
+           "parameters at 32 px, ImageNet-C's at 224 px; bnnbench/data/corruptions.py), mean ± 95% interval over "
+           "seeds; rank mCA and Δ mCA as for top-1.",
+    f"PGD {PGD_EPS}/255": f"PGD {PGD_EPS}/255: top-1 under a 10-step L-inf PGD attack of radius {PGD_EPS}/255 through "
+                          "the model's own surrogate gradients (bnnbench/engine/attacks.py; robustness.json also "
+                          "holds FGSM, other radii and the transfer attack from a full-precision network); "
+                          "'-': not evaluated.",
     "gap": "gap = top1 best - paper, shown only for runs of the paper's full schedule on the full data "
            "(n/c: not comparable).",
     "silent %": "silent %: binary weights whose effective sign never flipped;",
@@ -311,7 +361,15 @@ COLUMN_NOTES = {
               "measured (the row's footnote says why).",
     "wall/run": "wall/run: wall-clock time per run.",
 }
-NOTES = " ".join(v for k, v in COLUMN_NOTES.items() if k != "wall/run")
+NOTES = " ".join(v for k, v in COLUMN_NOTES.items() if k != "wall/run" and k not in ROBUST_COLUMNS)
+
+
+def notes(tables: list[dict]) -> str:
+    """The column definitions of ``tables`` (the robustness ones only when its columns are shown) and the
+    rows' footnotes."""
+    shown = columns(tables)
+    robust = " ".join(COLUMN_NOTES[c] for c in ROBUST_COLUMNS if c in COLUMN_NOTES and c in shown)
+    return " ".join(filter(None, (NOTES, robust, deploy_notes(tables))))
 
 
 UNSTEADY_NOTE = ("* 1-bit ms of most of the row's runs was timed while other work kept the CPU busy or with a "
@@ -320,15 +378,22 @@ UNSTEADY_NOTE = ("* 1-bit ms of most of the row's runs was timed while other wor
 
 
 def deploy_notes(tables: list[dict]) -> str:
-    """Why rows have no 1-bit figures (one line per distinct reason) and what a starred latency means, or ''."""
+    """Why rows have no 1-bit figures (one line per distinct reason), what a starred latency means and why
+    rows have no robustness figures, or ''."""
     reasons = sorted({r["deploy_note"] for t in tables for r in t["rows"] if r.get("deploy_note")})
     unsteady = any(r.get("deploy_unsteady") for t in tables for r in t["rows"])
-    return " ".join([f"1-bit columns empty: {why}." for why in reasons] + ([UNSTEADY_NOTE] if unsteady else []))
+    robust = any(r.get("mca") is not None or r.get("pgd") is not None for t in tables for r in t["rows"])
+    missing = sorted({f"{r['method']}: {r['robust_note']}" for t in tables for r in t["rows"]
+                      if robust and r.get("robust_note")})
+    images = sorted({n for t in tables for r in t["rows"] for n in r.get("robust_images") or []})
+    return " ".join([f"1-bit columns empty: {why}." for why in reasons] + ([UNSTEADY_NOTE] if unsteady else [])
+                    + ([f"Robustness on the first {', '.join(map(str, images))} test images."] if images else [])
+                    + [f"No robustness figures for {m}." for m in missing])
 
 
 def render(tables: list[dict], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps({"tables": tables, "notes": NOTES}, indent=2, sort_keys=True) + "\n"
+        return json.dumps({"tables": tables, "notes": notes(tables)}, indent=2, sort_keys=True) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -347,11 +412,11 @@ def render(tables: list[dict], fmt: str) -> str:
             parts.append(f"### {t['title']}\n\n{body}\n")
         else:
             parts.append(f"% {t['title']}\n{body}\n")
-    notes = " ".join(filter(None, (NOTES, deploy_notes(tables))))
+    text = notes(tables)
     if fmt == "md":
-        parts.append(f"_{notes}_\n")
+        parts.append(f"_{text}_\n")
     else:
-        parts.append(f"% {notes}\n")
+        parts.append(f"% {text}\n")
         if not tables:
             parts.insert(0, "No finished runs.\n")
     return "\n".join(parts)

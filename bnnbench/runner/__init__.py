@@ -10,10 +10,11 @@
 
 Layering: above the engine, deploy and the store; never imports report, tools or cli.
 """
-from bnnbench.runner.execute import ON_DONE, Outcome, execute, run_sweep
+from bnnbench.runner.execute import ON_DONE, Outcome, evaluate_extras, execute, run_sweep
 from bnnbench.runner.plan import Plan, SweepRequest, parse_assignments, plan
 from bnnbench.runner.slurm import RunJob, SlurmOptions, dependency_levels, submit
 from bnnbench.runner.stages import expand, split_scoped
 
-__all__ = ["ON_DONE", "Outcome", "Plan", "RunJob", "SlurmOptions", "SweepRequest", "dependency_levels", "execute",
+__all__ = ["ON_DONE", "Outcome", "Plan", "RunJob", "SlurmOptions", "SweepRequest", "dependency_levels",
+           "evaluate_extras", "execute",
            "expand", "parse_assignments", "plan", "run_sweep", "split_scoped", "submit"]

@@ -17,11 +17,13 @@ import torch
 from rich.markup import escape
 
 from bnnbench import faults
+from bnnbench.config.evaluation import robustness_request
 from bnnbench.config.spec import RunResult, RunSpec
 from bnnbench.deploy.measure import record_run
 from bnnbench.engine import PREEMPTION, Preempted, run_or_fail
 from bnnbench.engine import distributed as ddp
 from bnnbench.engine.progress import Progress, RichProgress
+from bnnbench.engine.robustness import evaluate_robustness, is_complete
 from bnnbench.errors import warn_to
 from bnnbench.store import RunDir
 
@@ -92,3 +94,20 @@ def report_result(result: RunResult, console) -> int:
                   f"{silent}{result.wall_time_s:.0f}s")
     return 0
 
+
+
+def evaluate_extras(runs: list[tuple[RunSpec, RunDir]], device: torch.device, data_root: Path, console) -> int:
+    """The recipe's evaluation extras (``eval: {robustness: ...}``) for every finished run that asks for them
+    and lacks a figure (an interrupted evaluation resumes); returns how many failed (each is printed)."""
+    failed, cache = 0, {}
+    for spec, rd in runs:
+        request = robustness_request(dict(spec.evaluation), f"recipe {spec.recipe}")
+        if request is None or not rd.is_done(spec.hash) or is_complete(rd.path, request):
+            continue
+        console.print(f"robustness of {escape(rd.name)} (recipe {spec.recipe}'s eval)")
+        try:
+            evaluate_robustness(rd.path, data_root, device, request, cache)
+        except Exception as exc:  # noqa: BLE001 - the run stays done; the report shows '-' with the reason
+            failed += 1
+            console.print(f"[red]robustness of {escape(rd.name)} failed[/red]: {escape(str(exc))}", soft_wrap=True)
+    return failed

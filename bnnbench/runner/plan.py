@@ -147,7 +147,7 @@ def _method_runs(req: SweepRequest, recipe: Recipe, arch: str, method: str, sets
         base = dict(recipe=recipe.name, track=req.track, dataset=recipe.dataset, backbone=arch, method=method,
                     method_hparams=hp, seed=seed, recipe_epochs=recipe_epochs, track_note=note,
                     backbone_options=dict(recipe.backbone_options) if arch == recipe.backbone else {},
-                    plugins=plugins, download=req.download)
+                    plugins=plugins, download=req.download, evaluation=dict(recipe.evaluation))
         make = functools.partial(_make_spec, base, hp_changes, init)
         runs += expand(recipe.stages, recipe.teacher, train, changes, make, f"recipe {recipe.path}", overrides,
                        scoped)

@@ -1,0 +1,220 @@
+"""The robustness track: a finished run's model under the 15 common corruptions and under FGSM / PGD, written
+to the run's ``robustness.json`` (``bnnbench/store.py``) one entry at a time, so an interrupted evaluation
+resumes where it stopped.
+
+* corruptions (``bnnbench/data/corruptions.py``): top-1 on the test images (the first ``subset`` of them, or
+  all) under each corruption and severity; mCA = the mean over the 15 x 5 conditions, relative drop =
+  (clean - mCA) / clean (BiBench, ICML 2023, reports the same pair for binarized networks);
+* white-box FGSM and PGD at each epsilon (pixel levels, eps / 255 of the [0, 1] scale) through the model's own
+  surrogate gradients (``bnnbench/engine/attacks.py``);
+* transfer: PGD examples crafted on a full-precision run of the same dataset and backbone (``binarize: none``),
+  evaluated on the binary model; a high white-box figure with a low transfer figure means masked gradients.
+
+Every method sees the same corrupted images: each is drawn from a generator seeded by (seed, corruption,
+severity, image index). Images are evaluated in eval mode with the integer-exact binary path, batch by batch
+(BatchNorm uses running statistics, so a figure does not depend on the batch size).
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from bnnbench.config.evaluation import RobustnessRequest
+from bnnbench.config.spec import RunSpec
+from bnnbench.data.catalog import is_folder_dataset
+from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_images, preset_for
+from bnnbench.engine.attacks import Normalizer, correct, fgsm, pgd
+from bnnbench.engine.rebuild import checked_data, input_normalization, trained_model
+from bnnbench.errors import ConfigError
+from bnnbench.store import RunDir
+
+SCHEMA = 1
+BATCH = 500
+
+
+def eps_key(eps: float) -> str:
+    return f"{eps:g}"
+
+
+class TestImages:
+    """One dataset's test images (uint8, the first ``subset``) and their corrupted versions, made once and
+    shared by every run evaluated in this process."""
+
+    def __init__(self, x: Tensor, y: Tensor, seed: int):
+        self.x, self.y, self.seed = x, y, seed
+        self.preset = preset_for(x.shape[2], x.shape[3])
+        self._corrupted: dict[tuple[str, int], Tensor] = {}
+        self.transfer: dict[tuple[str, float, int], Tensor] = {}
+
+    def corrupted(self, name: str, severity: int) -> Tensor:
+        key = (name, severity)
+        if key not in self._corrupted:
+            self._corrupted[key] = corrupt_images(self.x, name, severity, self.seed)
+        return self._corrupted[key]
+
+
+def test_images(spec: RunSpec, data_root: Path, request: RobustnessRequest, cache: dict) -> TestImages:
+    """The run's test images for ``request`` (memoised in ``cache`` by dataset, subset and seed)."""
+    if is_folder_dataset(spec.dataset):
+        raise ConfigError(f"robustness: {spec.dataset} is an ImageFolder dataset; the track runs on the in-memory "
+                          f"datasets (CIFAR-10/100, digits) so far")
+    st = spec.settings
+    key = (spec.dataset, str(data_root), st.test_subset, request.subset, request.seed)
+    if key not in cache:
+        data = checked_data(spec, data_root)
+        n = len(data.test_y) if request.subset is None else min(request.subset, len(data.test_y))
+        cache[key] = TestImages(data.test_x[:n], data.test_y[:n], request.seed)
+    return cache[key]
+
+
+def top1(model: nn.Module, norm: Normalizer, images: Tensor, y: Tensor, device: torch.device,
+         attack: Callable | None = None) -> float:
+    """Top-1 (%) on ``images`` (uint8 or pixel-scale float), each batch attacked by ``attack(x, y, start)``
+    first when given."""
+    hits = 0
+    for start in range(0, len(y), BATCH):
+        x = images[start:start + BATCH].to(device).float()
+        yb = y[start:start + BATCH].to(device)
+        if attack is not None:
+            x = attack(x, yb, start)
+        hits += correct(model, norm, x, yb)
+    return 100.0 * hits / len(y)
+
+
+def _generator(seed: int, eps: float, start: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + round(eps * 1000) * 7919 + start)
+
+
+class Evaluation:
+    """One run's robustness evaluation, resuming its ``robustness.json``."""
+
+    def __init__(self, run_dir: Path, spec: RunSpec, model: nn.Module, data_root: Path, device: torch.device,
+                 request: RobustnessRequest, cache: dict, on_step: Callable[[str], None] | None = None):
+        self.rd, self.device, self.request, self.spec, self.model = RunDir(run_dir), device, request, spec, model
+        self.images = test_images(self.spec, data_root, request, cache)
+        self.norm = Normalizer.of(*input_normalization(self.spec, checked_data(self.spec, data_root)), device)
+        self.data_root, self.on_step = data_root, on_step or (lambda _label: None)
+        self.doc = self._resume()
+
+    def setup(self) -> dict:
+        r = self.request
+        return {"images": len(self.images.y), "subset": r.subset, "seed": r.seed, "preset": self.images.preset,
+                "pgd_steps": r.pgd_steps, "pgd_step_size": "eps/4", "pgd_random_start": True}
+
+    def _resume(self) -> dict:
+        old = self.rd.read_robustness()
+        if old and old.get("schema") == SCHEMA and old.get("spec_hash") == self.spec.hash \
+                and old.get("setup") == self.setup():
+            return old
+        return {"schema": SCHEMA, "spec_hash": self.spec.hash, "setup": self.setup(), "corruptions": {},
+                "fgsm": {}, "pgd": {}}
+
+    def _save(self) -> None:
+        self.doc["summary"] = summarize(self.doc)
+        self.rd.write_robustness(self.doc)
+
+    def run(self) -> dict:
+        r, imgs = self.request, self.images
+        if "clean_top1" not in self.doc:
+            self.doc["clean_top1"] = top1(self.model, self.norm, imgs.x, imgs.y, self.device)
+            self._save()
+        for name in r.corruptions:
+            done = self.doc["corruptions"].setdefault(name, {})
+            for sev in r.severities:
+                if str(sev) not in done:
+                    self.on_step(f"{name} {sev}")
+                    done[str(sev)] = top1(self.model, self.norm, imgs.corrupted(name, sev), imgs.y, self.device)
+            self._save()
+        for kind, attack in (("fgsm", self._fgsm), ("pgd", self._pgd)):
+            for eps in r.epsilons:
+                if eps_key(eps) not in self.doc[kind]:
+                    self.on_step(f"{kind} {eps:g}/255")
+                    self.doc[kind][eps_key(eps)] = top1(self.model, self.norm, imgs.x, imgs.y, self.device,
+                                                        attack(eps))
+                    self._save()
+        self._transfer()
+        return self.doc
+
+    def _fgsm(self, eps: float):
+        return lambda x, y, start: fgsm(self.model, self.norm, x, y, eps)
+
+    def _pgd(self, eps: float):
+        seed = self.request.seed
+        return lambda x, y, start: pgd(self.model, self.norm, x, y, eps, self.request.pgd_steps,
+                                       gen=_generator(seed, eps, start))
+
+    def _transfer(self) -> None:
+        src = self.request.transfer_source
+        if src is None:
+            self.doc.setdefault("transfer", {"note": "no full-precision source run given (--transfer-source)"})
+            self._save()
+            return
+        entry = self.doc.get("transfer") or {}
+        if entry.get("source") != Path(src).name:
+            entry = {"source": Path(src).name, "pgd": {}}
+        self.doc["transfer"] = entry
+        for eps in self.request.epsilons:
+            if eps_key(eps) not in entry["pgd"]:
+                self.on_step(f"transfer {eps:g}/255")
+                adv = transfer_examples(self.images, Path(src), self.data_root, self.spec, eps, self.request,
+                                        self.device)
+                entry["pgd"][eps_key(eps)] = top1(self.model, self.norm, adv, self.images.y, self.device)
+                self._save()
+
+
+def transfer_examples(images: TestImages, source: Path, data_root: Path, target: RunSpec, eps: float,
+                      request: RobustnessRequest, device: torch.device) -> Tensor:
+    """PGD examples (pixel scale, on the CPU) crafted on the full-precision run ``source``; memoised."""
+    key = (str(source), eps, request.pgd_steps)
+    if key in images.transfer:
+        return images.transfer[key]
+    spec, model, _ = trained_model(source, data_root, device)
+    if (spec.dataset, spec.backbone) != (target.dataset, target.backbone) or spec.settings.binarize != "none":
+        raise ConfigError(f"--transfer-source {source}: a full-precision run (binarize: none) of {target.dataset} / "
+                          f"{target.backbone} is needed, not a run of {spec.dataset} / {spec.backbone} with binarize: "
+                          f"{spec.settings.binarize}")
+    norm = Normalizer.of(*input_normalization(spec, checked_data(spec, data_root)), device)
+    parts = []
+    for start in range(0, len(images.y), BATCH):
+        x = images.x[start:start + BATCH].to(device).float()
+        y = images.y[start:start + BATCH].to(device)
+        parts.append(pgd(model, norm, x, y, eps, request.pgd_steps, gen=_generator(request.seed, eps, start)).cpu())
+    images.transfer[key] = torch.cat(parts)
+    return images.transfer[key]
+
+
+def summarize(doc: dict) -> dict:
+    """mCA over the corruption conditions present, their count, whether all 15 x 5 are, the relative drop."""
+    values = [v for sev in doc.get("corruptions", {}).values() for v in sev.values()]
+    complete = all(len(doc.get("corruptions", {}).get(n, {})) == len(SEVERITIES) for n in CORRUPTIONS)
+    mca = statistics.fmean(values) if values else None
+    clean = doc.get("clean_top1")
+    drop = (clean - mca) / clean if (mca is not None and clean) else None
+    return {"mca": mca, "conditions": len(values), "complete": complete, "relative_drop": drop}
+
+
+def evaluate_robustness(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,
+                        cache: dict | None = None, on_step: Callable[[str], None] | None = None) -> dict:
+    """Evaluate (or finish evaluating) one finished run; returns its ``robustness.json`` document."""
+    request.check("robustness")
+    spec, model, _ = trained_model(run_dir, data_root, device)
+    return Evaluation(run_dir, spec, model, data_root, device, request, {} if cache is None else cache, on_step).run()
+
+
+def is_complete(run_dir: Path, request: RobustnessRequest) -> bool:
+    """Whether ``run_dir``'s robustness.json already holds every figure ``request`` asks for (same setup)."""
+    doc = RunDir(run_dir).read_robustness() or {}
+    setup = doc.get("setup") or {}
+    if (setup.get("subset"), setup.get("seed"), setup.get("pgd_steps")) != (request.subset, request.seed,
+                                                                              request.pgd_steps):
+        return False
+    have = doc.get("corruptions") or {}
+    wanted = all(str(s) in have.get(n, {}) for n in request.corruptions for s in request.severities)
+    attacks = all(eps_key(e) in (doc.get(k) or {}) for k in ("fgsm", "pgd") for e in request.epsilons)
+    transfer = request.transfer_source is None or all(
+        eps_key(e) in ((doc.get("transfer") or {}).get("pgd") or {}) for e in request.epsilons)
+    return "clean_top1" in doc and wanted and attacks and transfer
