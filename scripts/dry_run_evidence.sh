@@ -11,7 +11,7 @@ shim="$(mktemp)"; log="$(mktemp)"; trap 'rm -f "$shim" "$log"' EXIT
 cat > "$shim" <<SHIM
 #!/usr/bin/env bash
 # run_bench.py training commands get --dry-run; reports, tables and other scripts are skipped
-if [ "\${1:-}" = run_bench.py ] && [ "\${2:-}" != report ] && [ "\${2:-}" != deploy-bench ]; then
+if [ "\${1:-}" = run_bench.py ] && [ "\${2:-}" != report ] && [ "\${2:-}" != deploy-bench ] && [ "\${2:-}" != robustness ]; then
   exec "$PYTHON" "\$@" --dry-run
 fi
 echo "  (skipped in a dry run: \$*)"
@@ -24,7 +24,7 @@ bad=0
 for cmd in "${@:-results/*/COMMAND.sh}"; do
   for f in $cmd; do
     # only scripts that train (a run_bench.py line that is not report/bench/deploy-bench/evaluate/export)
-    grep -E 'run_bench\.py' "$f" | grep -qvE 'run_bench\.py (report|bench|deploy-bench|evaluate|export)' || continue
+    grep -E 'run_bench\.py' "$f" | grep -qvE 'run_bench\.py (report|bench|deploy-bench|evaluate|export|robustness)' || continue
     echo "== $f"
     PY="$shim" bash "$f" 2>&1 | command tee "$log" | grep -E "runs: |skipped in a dry run" || true
     if grep -q "would run" "$log" || ! grep -q "runs: " "$log"; then

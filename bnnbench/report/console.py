@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bnnbench.errors import ConfigError, did_you_mean
-from bnnbench.report.tables import cells, columns, deploy_notes
+from bnnbench.report.tables import PGD_EPS, cells, columns, deploy_notes
 
 #: column id -> (header in the files, header in the terminal)
 CONSOLE_COLUMNS = {
@@ -24,6 +24,9 @@ CONSOLE_COLUMNS = {
     "flip": ("flip %", "flip%"), "binary": ("binary params %", "binary%"), "ops": ("OPs", "OPs"),
     "size": ("size", "size"), "bit_ms": ("1-bit ms (b1, CPU)", "1-bit ms"), "x_fp32": ("x FP32", "x FP32"),
     "epochs": ("epochs", "epochs"), "wall": ("wall/run", "wall"), "ips": ("img/s", "img/s"),
+    "mca": ("mCA", "mCA"), "rank_mca": ("rank mCA", "rank mCA"), "delta_mca": ("Δ mCA vs baseline", "Δ mCA"),
+    "pgd": (f"PGD {PGD_EPS}/255", f"PGD {PGD_EPS}/255"), "rank_pgd": ("rank PGD", "rank PGD"),
+    "delta_pgd": ("Δ PGD vs baseline", "Δ PGD"),
 }
 DEFAULT = ("method", "top1", "rank", "delta", "silent", "bit_ms", "x_fp32", "wall")
 #: one clause per column for the terminal's footnote (the files carry the full definitions)
@@ -43,6 +46,10 @@ SHORT_NOTES = {
     "1-bit ms (b1, CPU)": "1-bit ms: the exported 1-bit model's batch-1 latency on the CPU that trained it",
     "x FP32": "x FP32: its speed-up over the FP32 network there", "epochs": "epochs: epochs run",
     "wall/run": "wall: time per run", "img/s": "img/s: training images per second",
+    "mCA": "mCA: mean top-1 over 15 corruptions x 5 severities (run_bench.py robustness)",
+    "rank mCA": "rank mCA: rank by mCA", "Δ mCA vs baseline": "Δ mCA: mCA difference to the baseline",
+    f"PGD {PGD_EPS}/255": f"PGD {PGD_EPS}/255: top-1 under 10-step PGD at eps {PGD_EPS}/255",
+    "rank PGD": "rank PGD: rank by PGD top-1", "Δ PGD vs baseline": "Δ PGD: PGD top-1 difference to the baseline",
 }
 
 
