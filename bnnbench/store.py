@@ -9,6 +9,7 @@
         init.json         what --init-from loaded (matched, missing, unexpected tensors)
         deploy.json       the trained model exported to 1-bit form, measured on this CPU
         robustness.json   top-1 under corruptions and attacks (bnnbench/engine/robustness.py), entry by entry
+        rebuilt.json      when the weights were restored by retraining the run (bnnbench/tools/rebuild.py)
         result.json       written atomically, last: a run with a valid result.json is done
         lock              claim of the worker running it: an OS file lock while it runs (text: pid, host, time)
         error.log         traceback of an exception that failed the run
@@ -48,7 +49,9 @@ RESULT, CONFIG, METRICS, CKPT, CKPT_PREV, LOCK = ("result.json", "config.yaml", 
                                                   "checkpoint.pt", "checkpoint.prev.pt", "lock")
 FLIPS, INIT_WEIGHTS, INIT_REPORT, DEPLOY, ERROR_LOG = ("flips.pt", "init_weights.pt", "init.json", "deploy.json",
                                                        "error.log")
-ROBUSTNESS = "robustness.json"
+ROBUSTNESS, REBUILT = "robustness.json", "rebuilt.json"
+#: the weight files of a finished run (not committed with the evidence; ``rebuild-weights`` restores them)
+WEIGHT_FILES = (CKPT, FLIPS, INIT_WEIGHTS)
 # --- atomic writes -----------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -316,6 +319,14 @@ class RunDir:
         if p.is_symlink() or (p.exists() and not p.is_file()):
             raise RunError(f"{p} is a symbolic link or not a plain file; the run writes a plain file there: remove it")
         atomic_write_text(p, text)
+
+    def adopt_weights(self, source: RunDir, note: dict) -> None:
+        """Copy ``source``'s weight files (a retraining of this very run) here and record ``note`` in
+        ``rebuilt.json``; the run's result and metrics stay as they are."""
+        for name in WEIGHT_FILES:
+            if source.file(name).exists():
+                atomic_write_bytes(self.file(name), source.file(name).read_bytes())
+        write_json(self.file(REBUILT), note)
 
     def read_robustness(self) -> dict | None:
         """The run's ``robustness.json``; None when absent or unreadable (then it is evaluated afresh)."""

@@ -3,7 +3,7 @@
     run_bench.py --methods M [M ...] [--archs A ...] [--recipe R] [--track unified|paper] [--seeds N]
                  [--epochs E] [--set key=value ...] [--hp method.key=value ...] [--data-root DIR]
                  [--device auto|cpu|cuda] [--out DIR] [--plugin PATH_OR_MODULE] [--force] [--dry-run]
-    run_bench.py list | report | evaluate | export | robustness | bench | deploy-bench | summary
+    run_bench.py list | report | evaluate | export | robustness | rebuild-weights | bench | deploy-bench | summary
                                                                                   (``run_bench.py --help``)
 
 Without a command, ``run`` is meant. This module only parses flags and calls the suite: a sweep is planned
@@ -34,7 +34,7 @@ from bnnbench.report.console import DEFAULT as DEFAULT_COLUMNS
 from bnnbench.report.publish import publish
 from bnnbench.runner import SlurmOptions, SweepRequest, evaluate_extras, parse_assignments, plan, run_sweep, submit
 from bnnbench.store import RunDir, check_output_file, check_writable
-from bnnbench.tools import bench, deploy_bench, robustness, summary
+from bnnbench.tools import bench, deploy_bench, rebuild, robustness, summary
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
 
@@ -47,7 +47,8 @@ def _console() -> Console:
 
 
 DESCRIPTION = "Train and compare 1-bit (1W1A) BNN methods on shared backbones under standardized recipes."
-COMMANDS = ("run", "report", "evaluate", "export", "robustness", "bench", "deploy-bench", "summary", "list")
+COMMANDS = ("run", "report", "evaluate", "export", "robustness", "rebuild-weights", "bench", "deploy-bench", "summary",
+            "list")
 
 
 def add_plugin_argument(p: argparse.ArgumentParser, why: str = "") -> None:
@@ -77,6 +78,10 @@ def build_main_parser() -> argparse.ArgumentParser:
     add_plugin_argument(robustness.add_arguments(sub.add_parser(
         "robustness", help="finished runs under the 15 common corruptions and FGSM/PGD attacks (robustness.json; "
         "the leaderboard's mCA and PGD columns)", description=robustness.__doc__.split("\n\n")[0])),
+        " (the plugin the runs used)")
+    add_plugin_argument(rebuild.add_arguments(sub.add_parser(
+        "rebuild-weights", help="restore the weights of finished runs whose checkpoint.pt is missing here, by "
+        "retraining each and checking every epoch's training loss", description=rebuild.__doc__.split("\n\n")[0])),
         " (the plugin the runs used)")
     add_plugin_argument(bench.add_arguments(sub.add_parser(
         "bench", help="measure training-step speed of every method against full precision",
@@ -314,6 +319,8 @@ def _dispatch(args, console) -> int:
         return (models.cmd_evaluate if args.command == "evaluate" else models.cmd_export)(args, console)
     if args.command == "robustness":
         return robustness.run(args, console)
+    if args.command == "rebuild-weights":
+        return rebuild.run(args, console)
     if args.command == "bench":
         return bench.run(args, console)
     if args.command == "deploy-bench":
