@@ -190,10 +190,16 @@ def test_robustness_command_writes_resumes_and_the_report_shows_the_columns(trai
                                                  ["summary"]["mca"])
     assert rows["xnor[binarize=none]"]["mca"] is None and "not evaluated" in rows["xnor[binarize=none]"]["robust_note"]
     assert (out / "plots").glob("robustness__*.png")
-    # a binary run is not a transfer source
-    assert main(["robustness", str(runs[0]), "--data-root", str(data), "--corruptions", "fog", "--severities", "1",
-                 "--epsilons", "1", "--pgd-steps", "1", "--transfer-source", str(runs[1])]) == 3
+    # figures of another setup are never silently replaced; a binary run is not a transfer source
+    other = ["robustness", str(runs[0]), "--data-root", str(data), "--corruptions", "fog", "--severities", "1",
+             "--epsilons", "1", "--pgd-steps", "1"]
+    assert main(other) == 3
+    assert "holds figures for another setup (subset 40, seed 0, pgd_steps 2" in capsys.readouterr().out
+    assert json.loads((runs[0] / "robustness.json").read_text()) == first
+    assert main([*args[:1], str(runs[0]), *args[len(runs) + 1:-1], str(runs[1])]) == 3
     assert "binarize: none" in capsys.readouterr().out
+    assert main([*other, "--overwrite"]) == 0
+    assert RunDir(runs[0]).read_robustness()["setup"]["pgd_steps"] == 1
 
 
 @pytestmark_slow

@@ -38,6 +38,7 @@ class RobustnessRequest:
     subset: int | None = None
     seed: int = 0
     transfer_source: Path | None = None
+    overwrite: bool = False   # replace a robustness.json made with another setup (subset, seed, pgd_steps)
 
     def check(self, where: str) -> None:
         check_corruptions(self.corruptions, self.severities, where)

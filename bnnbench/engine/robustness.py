@@ -30,7 +30,7 @@ from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_images, p
 from bnnbench.engine.attacks import Normalizer, correct, fgsm, pgd
 from bnnbench.engine.rebuild import checked_data, input_normalization, trained_model
 from bnnbench.errors import ConfigError
-from bnnbench.store import RunDir
+from bnnbench.store import ROBUSTNESS, RunDir
 
 SCHEMA = 1
 BATCH = 500
@@ -107,11 +107,17 @@ class Evaluation:
 
     def _resume(self) -> dict:
         old = self.rd.read_robustness()
-        if old and old.get("schema") == SCHEMA and old.get("spec_hash") == self.spec.hash \
-                and old.get("setup") == self.setup():
-            return old
-        return {"schema": SCHEMA, "spec_hash": self.spec.hash, "setup": self.setup(), "corruptions": {},
-                "fgsm": {}, "pgd": {}}
+        fresh = {"schema": SCHEMA, "spec_hash": self.spec.hash, "setup": self.setup(), "corruptions": {},
+                 "fgsm": {}, "pgd": {}}
+        if not old or old.get("schema") != SCHEMA or old.get("spec_hash") != self.spec.hash \
+                or self.request.overwrite:
+            return fresh
+        if old.get("setup") != self.setup():
+            t = old.get("setup") or {}
+            raise ConfigError(f"{self.rd.file(ROBUSTNESS)} holds figures for another setup (subset {t.get('subset')}, "
+                              f"seed {t.get('seed')}, pgd_steps {t.get('pgd_steps')}, {t.get('images')} images); rerun "
+                              f"with those, or with --overwrite to replace them")
+        return old
 
     def _save(self) -> None:
         self.doc["summary"] = summarize(self.doc)

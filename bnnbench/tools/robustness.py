@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--transfer-source", type=Path, metavar="RUN_DIR",
                    help="a finished full-precision run (binarize: none) of the same dataset and backbone: PGD "
                         "examples crafted on it are evaluated on each run (the transfer attack)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace figures a run's robustness.json holds for another subset, seed or PGD steps "
+                        "(without it, that is an error naming them)")
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     return p
@@ -64,7 +67,7 @@ def run_dirs(paths: list[Path], warn) -> list[Path]:
 def request_of(args) -> RobustnessRequest:
     req = RobustnessRequest(corruptions=tuple(args.corruptions), severities=tuple(args.severities),
                             epsilons=tuple(args.epsilons), pgd_steps=args.pgd_steps, subset=args.subset,
-                            seed=args.seed, transfer_source=args.transfer_source)
+                            seed=args.seed, transfer_source=args.transfer_source, overwrite=args.overwrite)
     req.check("robustness flags")
     return req
 
