@@ -220,3 +220,21 @@ def test_a_recipe_asking_for_robustness_gets_it_after_training(tmp_path):
     mtime = (run / "robustness.json").stat().st_mtime_ns
     assert main(common) == 0                                  # complete: not evaluated again
     assert (run / "robustness.json").stat().st_mtime_ns == mtime
+
+
+def test_imagefolder_test_images_cover_every_class_and_take_imagenet_c_parameters(tmp_path):
+    from bnnbench.data.loaders import folder_test_images
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(4):
+            arr = (torch.rand(300, 260, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / "val" / c / f"{i}.png")
+    x, y = folder_test_images(tmp_path, 3)
+    assert x.shape == (3, 3, 224, 224) and x.dtype == torch.uint8 and y.tolist() == [0, 1, 2]
+    assert folder_test_images(tmp_path, None)[0].shape[0] == 12
+    assert C.preset_for(224, 224) == "imagenet"
+    out = C.corrupt_images(x[:1], "contrast", 5)          # ImageNet-C contrast, severity 5: c = 0.05
+    f = x[0].permute(1, 2, 0).numpy() / 255.0
+    m = f.mean(axis=(0, 1), keepdims=True)
+    assert np.array_equal(out[0].permute(1, 2, 0).numpy(), (np.clip((f - m) * 0.05 + m, 0, 1) * 255).astype(np.uint8))

@@ -177,6 +177,23 @@ def imagenet_loaders(root: Path, batch_size: int, eval_batch_size: int, workers:
             len(train.classes))
 
 
+def folder_test_images(root: Path, n: int | None, size: int = 224) -> tuple[Tensor, Tensor]:
+    """``n`` images of ``root/val`` (all when None), evenly spaced over the ImageFolder's class-sorted order so
+    that every class is represented, after the evaluation's resize and centre crop: uint8 (N, 3, size, size)
+    and labels (the robustness track corrupts them before normalising)."""
+    import torchvision.transforms as T  # deferred: start-up (torchvision transforms)
+    from torchvision.datasets import ImageFolder  # deferred: start-up (torchvision datasets)
+    if not (Path(root) / "val").is_dir():
+        raise DataError(f"no val/ folder under --data-root {root}: expected {root}/val/<class>/*.JPEG")
+    ds = ImageFolder(str(Path(root) / "val"), T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size),
+                                                         T.PILToTensor()]))
+    total = len(ds)
+    n = total if n is None else min(n, total)
+    picks = torch.linspace(0, total - 1, n).round().long().tolist() if n < total else range(total)
+    xs, ys = zip(*(ds[i] for i in picks))
+    return torch.stack(xs), torch.tensor(ys)
+
+
 class FolderLoader:
     """torchvision DataLoader over an ImageFolder (a :class:`BatchLoader`; batches stay on the CPU, pinned
     on CUDA machines, and the trainer moves them).

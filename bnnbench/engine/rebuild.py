@@ -31,6 +31,13 @@ def checked_data(spec: RunSpec, data_root: Path):
     return data
 
 
+def class_count(spec: RunSpec, data_root: Path) -> int:
+    """How many classes the run's dataset has (an ImageFolder's: its train/ class folders)."""
+    if is_folder_dataset(spec.dataset):
+        return len([p for p in (Path(data_root) / "train").iterdir() if p.is_dir()])
+    return checked_data(spec, data_root).num_classes
+
+
 def input_normalization(spec: RunSpec, data) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) in [0, 1] scale the run normalises its in-memory images with."""
     norm = spec.settings.normalize
@@ -88,8 +95,9 @@ def on_device(batches, device: torch.device):
         yield x.contiguous(memory_format=torch.channels_last), y
 
 
-def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = None):
-    """(spec, model in eval mode with the run's final weights, test loader) of a finished run."""
+def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = None, loaders: bool = True):
+    """(spec, model in eval mode with the run's final weights, test loader) of a finished run; the loader is
+    None when ``loaders`` is false (only the class count is read from the data)."""
     rd = RunDir(run_dir)
     spec = rd.read_spec()
     done = rd.read_result()
@@ -100,9 +108,13 @@ def trained_model(run_dir: Path, data_root: Path, device: torch.device | None = 
                        f"{spec.hash}, result {done.get('spec_hash')!r}): edited after the run? Restore it or rerun")
     state = rd.load_checkpoint()
     if state is None or state.get("epoch") != spec.settings.epochs - 1 or state.get("partial"):
-        raise RunError(f"{run_dir}: no checkpoint of the final epoch {spec.settings.epochs} (checkpoint.pt)")
+        raise RunError(f"{run_dir}: no checkpoint of the final epoch {spec.settings.epochs} (checkpoint.pt; "
+                       f"checkpoints are not committed: run_bench.py rebuild-weights restores it)")
     device = device or torch.device("cpu")
-    _, test, num_classes = make_loaders(spec, device, Path(data_root))
+    if loaders:
+        _, test, num_classes = make_loaders(spec, device, Path(data_root))
+    else:
+        test, num_classes = None, class_count(spec, Path(data_root))
     _, model = run_model(spec, num_classes, rd.name)
     model.load_state_dict(state["model"])
     return spec, model.to(device, memory_format=torch.channels_last).eval(), test  # the layout it trained in

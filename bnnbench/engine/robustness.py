@@ -2,8 +2,9 @@
 to the run's ``robustness.json`` (``bnnbench/store.py``) one entry at a time, so an interrupted evaluation
 resumes where it stopped.
 
-* corruptions (``bnnbench/data/corruptions.py``): top-1 on the test images (the first ``subset`` of them, or
-  all) under each corruption and severity; mCA = the mean over the 15 x 5 conditions, relative drop =
+* corruptions (``bnnbench/data/corruptions.py``): top-1 on the test images (the first ``subset`` of an
+  in-memory test set, ``subset`` evenly spaced images of an ImageFolder's ``val/``, or all) under each
+  corruption and severity; mCA = the mean over the 15 x 5 conditions, relative drop =
   (clean - mCA) / clean (BiBench, ICML 2023, reports the same pair for binarized networks);
 * white-box FGSM and PGD at each epsilon (pixel levels, eps / 255 of the [0, 1] scale) through the model's own
   surrogate gradients (``bnnbench/engine/attacks.py``);
@@ -25,8 +26,9 @@ from torch import Tensor, nn
 
 from bnnbench.config.evaluation import RobustnessRequest
 from bnnbench.config.spec import RunSpec
-from bnnbench.data.catalog import is_folder_dataset
+from bnnbench.data.catalog import NORMALIZATIONS, is_folder_dataset
 from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_images, preset_for
+from bnnbench.data.loaders import folder_test_images
 from bnnbench.engine.attacks import Normalizer, correct, fgsm, pgd
 from bnnbench.engine.rebuild import checked_data, input_normalization, trained_model
 from bnnbench.errors import ConfigError
@@ -41,8 +43,9 @@ def eps_key(eps: float) -> str:
 
 
 class TestImages:
-    """One dataset's test images (uint8, the first ``subset``) and their corrupted versions, made once and
-    shared by every run evaluated in this process."""
+    """One dataset's test images (uint8, the first ``subset``) and their corrupted versions, shared by every
+    run evaluated in this process; one condition is kept at a time (``run_bench.py robustness`` evaluates
+    every run under a condition before making the next), so memory stays at two copies of the images."""
 
     def __init__(self, x: Tensor, y: Tensor, seed: int):
         self.x, self.y, self.seed = x, y, seed
@@ -53,22 +56,32 @@ class TestImages:
     def corrupted(self, name: str, severity: int) -> Tensor:
         key = (name, severity)
         if key not in self._corrupted:
-            self._corrupted[key] = corrupt_images(self.x, name, severity, self.seed)
+            self._corrupted = {key: corrupt_images(self.x, name, severity, self.seed)}
         return self._corrupted[key]
 
 
 def test_images(spec: RunSpec, data_root: Path, request: RobustnessRequest, cache: dict) -> TestImages:
-    """The run's test images for ``request`` (memoised in ``cache`` by dataset, subset and seed)."""
-    if is_folder_dataset(spec.dataset):
-        raise ConfigError(f"robustness: {spec.dataset} is an ImageFolder dataset; the track runs on the in-memory "
-                          f"datasets (CIFAR-10/100, digits) so far")
+    """The run's test images for ``request`` (memoised in ``cache`` by dataset, subset and seed): the first
+    ``subset`` of the in-memory test set, or of an ImageFolder's ``val/`` after the evaluation's resize and
+    centre crop (``bnnbench/data/loaders.py``)."""
     st = spec.settings
     key = (spec.dataset, str(data_root), st.test_subset, request.subset, request.seed)
     if key not in cache:
-        data = checked_data(spec, data_root)
-        n = len(data.test_y) if request.subset is None else min(request.subset, len(data.test_y))
-        cache[key] = TestImages(data.test_x[:n], data.test_y[:n], request.seed)
+        if is_folder_dataset(spec.dataset):
+            x, y = folder_test_images(Path(data_root), request.subset)
+        else:
+            data = checked_data(spec, data_root)
+            n = len(data.test_y) if request.subset is None else min(request.subset, len(data.test_y))
+            x, y = data.test_x[:n], data.test_y[:n]
+        cache[key] = TestImages(x, y, request.seed)
     return cache[key]
+
+
+def run_normalization(spec: RunSpec, data_root: Path) -> tuple:
+    """(mean, std) the run's model expects its [0, 1] images normalised with."""
+    if is_folder_dataset(spec.dataset):
+        return NORMALIZATIONS["imagenet"]   # an ImageFolder run uses the ImageNet statistics (loaders.py)
+    return input_normalization(spec, checked_data(spec, data_root))
 
 
 def top1(model: nn.Module, norm: Normalizer, images: Tensor, y: Tensor, device: torch.device,
@@ -96,7 +109,7 @@ class Evaluation:
                  request: RobustnessRequest, cache: dict, on_step: Callable[[str], None] | None = None):
         self.rd, self.device, self.request, self.spec, self.model = RunDir(run_dir), device, request, spec, model
         self.images = test_images(self.spec, data_root, request, cache)
-        self.norm = Normalizer.of(*input_normalization(self.spec, checked_data(self.spec, data_root)), device)
+        self.norm = Normalizer.of(*run_normalization(spec, data_root), device)
         self.data_root, self.on_step = data_root, on_step or (lambda _label: None)
         self.doc = self._resume()
 
@@ -124,26 +137,34 @@ class Evaluation:
         self.rd.write_robustness(self.doc)
 
     def run(self) -> dict:
-        r, imgs = self.request, self.images
+        """Every figure the request asks for, in order; returns the document."""
+        for name in self.request.corruptions:
+            for sev in self.request.severities:
+                self.condition(name, sev)
+        self.attacks()
+        self.transfer()
+        return self.doc
+
+    def condition(self, name: str, severity: int) -> None:
+        """Clean top-1 first, then top-1 under one corruption condition (skipped when recorded)."""
         if "clean_top1" not in self.doc:
-            self.doc["clean_top1"] = top1(self.model, self.norm, imgs.x, imgs.y, self.device)
+            self.doc["clean_top1"] = top1(self.model, self.norm, self.images.x, self.images.y, self.device)
             self._save()
-        for name in r.corruptions:
-            done = self.doc["corruptions"].setdefault(name, {})
-            for sev in r.severities:
-                if str(sev) not in done:
-                    self.on_step(f"{name} {sev}")
-                    done[str(sev)] = top1(self.model, self.norm, imgs.corrupted(name, sev), imgs.y, self.device)
+        done = self.doc["corruptions"].setdefault(name, {})
+        if str(severity) not in done:
+            self.on_step(f"{name} {severity}")
+            done[str(severity)] = top1(self.model, self.norm, self.images.corrupted(name, severity), self.images.y,
+                                       self.device)
             self._save()
+
+    def attacks(self) -> None:
         for kind, attack in (("fgsm", self._fgsm), ("pgd", self._pgd)):
-            for eps in r.epsilons:
+            for eps in self.request.epsilons:
                 if eps_key(eps) not in self.doc[kind]:
                     self.on_step(f"{kind} {eps:g}/255")
-                    self.doc[kind][eps_key(eps)] = top1(self.model, self.norm, imgs.x, imgs.y, self.device,
-                                                        attack(eps))
+                    self.doc[kind][eps_key(eps)] = top1(self.model, self.norm, self.images.x, self.images.y,
+                                                        self.device, attack(eps))
                     self._save()
-        self._transfer()
-        return self.doc
 
     def _fgsm(self, eps: float):
         return lambda x, y, start: fgsm(self.model, self.norm, x, y, eps)
@@ -153,7 +174,7 @@ class Evaluation:
         return lambda x, y, start: pgd(self.model, self.norm, x, y, eps, self.request.pgd_steps,
                                        gen=_generator(seed, eps, start))
 
-    def _transfer(self) -> None:
+    def transfer(self) -> None:
         src = self.request.transfer_source
         if src is None:
             self.doc.setdefault("transfer", {"note": "no full-precision source run given (--transfer-source)"})
@@ -178,12 +199,12 @@ def transfer_examples(images: TestImages, source: Path, data_root: Path, target:
     key = (str(source), eps, request.pgd_steps)
     if key in images.transfer:
         return images.transfer[key]
-    spec, model, _ = trained_model(source, data_root, device)
+    spec, model, _ = trained_model(source, data_root, device, loaders=False)
     if (spec.dataset, spec.backbone) != (target.dataset, target.backbone) or spec.settings.binarize != "none":
         raise ConfigError(f"--transfer-source {source}: a full-precision run (binarize: none) of {target.dataset} / "
                           f"{target.backbone} is needed, not a run of {spec.dataset} / {spec.backbone} with binarize: "
                           f"{spec.settings.binarize}")
-    norm = Normalizer.of(*input_normalization(spec, checked_data(spec, data_root)), device)
+    norm = Normalizer.of(*run_normalization(spec, data_root), device)
     parts = []
     for start in range(0, len(images.y), BATCH):
         x = images.x[start:start + BATCH].to(device).float()
@@ -203,12 +224,18 @@ def summarize(doc: dict) -> dict:
     return {"mca": mca, "conditions": len(values), "complete": complete, "relative_drop": drop}
 
 
+def open_evaluation(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,
+                    cache: dict, on_step: Callable[[str], None] | None = None) -> Evaluation:
+    """A finished run's model with its robustness evaluation, resumed from its ``robustness.json``."""
+    request.check("robustness")
+    spec, model, _ = trained_model(run_dir, data_root, device, loaders=False)
+    return Evaluation(run_dir, spec, model, data_root, device, request, cache, on_step)
+
+
 def evaluate_robustness(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,
                         cache: dict | None = None, on_step: Callable[[str], None] | None = None) -> dict:
     """Evaluate (or finish evaluating) one finished run; returns its ``robustness.json`` document."""
-    request.check("robustness")
-    spec, model, _ = trained_model(run_dir, data_root, device)
-    return Evaluation(run_dir, spec, model, data_root, device, request, {} if cache is None else cache, on_step).run()
+    return open_evaluation(run_dir, data_root, device, request, {} if cache is None else cache, on_step).run()
 
 
 def is_complete(run_dir: Path, request: RobustnessRequest) -> bool:
