@@ -31,7 +31,7 @@ from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_images, p
 from bnnbench.data.loaders import folder_test_images
 from bnnbench.engine.attacks import Normalizer, correct, fgsm, pgd
 from bnnbench.engine.rebuild import checked_data, input_normalization, trained_model
-from bnnbench.errors import ConfigError
+from bnnbench.errors import BnnBenchError, ConfigError
 from bnnbench.store import ROBUSTNESS, RunDir
 
 SCHEMA = 1
@@ -230,6 +230,34 @@ def open_evaluation(run_dir: Path, data_root: Path, device: torch.device, reques
     request.check("robustness")
     spec, model, _ = trained_model(run_dir, data_root, device, loaders=False)
     return Evaluation(run_dir, spec, model, data_root, device, request, cache, on_step)
+
+
+def evaluate_many(dirs: list[Path], data_root: Path, device: torch.device, request: RobustnessRequest,
+                  on_step: Callable[[str], None] | None = None,
+                  on_error: Callable[[Path, Exception], None] | None = None) -> tuple[list[Evaluation], list[Path]]:
+    """Evaluate several finished runs condition by condition (each corrupted set is made once for all of
+    them, then dropped), then their attacks; a run that raises a BnnBenchError is reported to ``on_error``
+    and dropped. Returns (the finished evaluations, the runs that failed)."""
+    step = on_step or (lambda _label: None)
+    cache: dict = {}
+    evals, failed = [], []
+
+    def each(work, items):
+        kept = []
+        for item in items:
+            try:
+                kept.append(work(item))
+            except BnnBenchError as exc:
+                failed.append(item if isinstance(item, Path) else item.rd.path)
+                (on_error or (lambda _p, _e: None))(failed[-1], exc)
+        return kept
+    evals = each(lambda d: open_evaluation(d, data_root, device, request, cache,
+                                           lambda label, d=d: step(f"{d.name[-40:]}: {label}")), dirs)
+    for name in request.corruptions:
+        for sev in request.severities:
+            evals = each(lambda ev, n=name, s=sev: (ev.condition(n, s), ev)[1], evals)
+    evals = each(lambda ev: (ev.attacks(), ev.transfer(), ev)[2], evals)
+    return evals, failed
 
 
 def evaluate_robustness(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,

@@ -17,14 +17,14 @@ import torch
 from rich.markup import escape
 
 from bnnbench import faults
-from bnnbench.config.evaluation import robustness_request
+from bnnbench.config.evaluation import RobustnessRequest, robustness_request
 from bnnbench.config.spec import RunResult, RunSpec
 from bnnbench.deploy.measure import record_run
 from bnnbench.engine import PREEMPTION, Preempted, run_or_fail
 from bnnbench.engine import distributed as ddp
 from bnnbench.engine.progress import Progress, RichProgress
-from bnnbench.engine.robustness import evaluate_robustness, is_complete
-from bnnbench.errors import warn_to
+from bnnbench.engine.robustness import evaluate_many, is_complete
+from bnnbench.errors import describe_exception, warn_to
 from bnnbench.store import RunDir
 
 #: what every finished run of the runner does next: export to 1 bit and measure it (deploy.json)
@@ -99,15 +99,18 @@ def report_result(result: RunResult, console) -> int:
 def evaluate_extras(runs: list[tuple[RunSpec, RunDir]], device: torch.device, data_root: Path, console) -> int:
     """The recipe's evaluation extras (``eval: {robustness: ...}``) for every finished run that asks for them
     and lacks a figure (an interrupted evaluation resumes); returns how many failed (each is printed)."""
-    failed, cache = 0, {}
+    pending: dict[RobustnessRequest, list[Path]] = {}
     for spec, rd in runs:
         request = robustness_request(dict(spec.evaluation), f"recipe {spec.recipe}")
-        if request is None or not rd.is_done(spec.hash) or is_complete(rd.path, request):
-            continue
-        console.print(f"robustness of {escape(rd.name)} (recipe {spec.recipe}'s eval)")
+        if request is not None and rd.is_done(spec.hash) and not is_complete(rd.path, request):
+            pending.setdefault(request, []).append(rd.path)
+    failed = 0
+    for request, dirs in pending.items():
+        console.print(f"robustness of {len(dirs)} runs (the recipe's eval)")
         try:
-            evaluate_robustness(rd.path, data_root, device, request, cache)
-        except Exception as exc:  # noqa: BLE001 - the run stays done; the report shows '-' with the reason
-            failed += 1
-            console.print(f"[red]robustness of {escape(rd.name)} failed[/red]: {escape(str(exc))}", soft_wrap=True)
+            failed += len(evaluate_many(dirs, data_root, device, request, on_error=lambda d, exc: console.print(
+                f"[red]robustness of {escape(d.name)} failed[/red]: {escape(str(exc))}", soft_wrap=True))[1])
+        except Exception as exc:  # noqa: BLE001 - the runs stay done; the report shows '-' with the reason
+            failed += len(dirs)
+            console.print(f"[red]robustness failed[/red]: {escape(describe_exception(exc))}", soft_wrap=True)
     return failed

@@ -17,8 +17,8 @@ from rich.table import Table
 from bnnbench.config.evaluation import DEFAULT_EPSILONS, PGD_STEPS, RobustnessRequest
 from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES
 from bnnbench.engine import resolve_device
-from bnnbench.engine.robustness import open_evaluation
-from bnnbench.errors import BnnBenchError, ConfigError
+from bnnbench.engine.robustness import evaluate_many
+from bnnbench.errors import ConfigError
 from bnnbench.paths import default_data_root
 from bnnbench.store import RESULT
 
@@ -94,49 +94,15 @@ def run(args, console) -> int:
     request = request_of(args)
     dirs = run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True))
     device, data_root = resolve_device(args.device), args.data_root or default_data_root()
-    cache: dict = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
+    per_run = len(request.corruptions) * len(request.severities) + 3 * len(request.epsilons)
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("loading the runs", total=None)
-
-        def step(label: str) -> None:
-            bar.update(task, description=label, advance=1)
-        evals, failed = open_all(dirs, data_root, device, request, cache, step, console)
-        per_run = len(request.corruptions) * len(request.severities) + 3 * len(request.epsilons)
-        bar.update(task, total=per_run * len(evals), completed=0)
-        # condition by condition over all runs: each corrupted set is made once and then dropped
-        for name in request.corruptions:
-            for sev in request.severities:
-                evals, failed = each(evals, failed, lambda ev, n=name, s=sev: ev.condition(n, s), console)
-        evals, failed = each(evals, failed, lambda ev: (ev.attacks(), ev.transfer()), console)
+        task = bar.add_task("robustness", total=per_run * len(dirs))
+        evals, failed = evaluate_many(
+            dirs, data_root, device, request, lambda label: bar.update(task, description=label, advance=1),
+            lambda d, exc: console.print(f"[red]{d}[/red]: {exc}", soft_wrap=True))
     console.print(summary_table([(ev.rd.path, ev.doc) for ev in evals]))
     console.print(f"{len(evals)} runs evaluated, robustness.json in each run directory"
                   + (f"; {len(failed)} failed (above)" if failed else ""), soft_wrap=True)
     return EXIT_SOME_FAILED if failed else 0
-
-
-def open_all(dirs: list[Path], data_root: Path, device, request: RobustnessRequest, cache: dict, step, console):
-    """(an Evaluation per run that could be opened, the runs that could not, each printed with why)."""
-    evals, failed = [], []
-    for d in dirs:
-        try:
-            evals.append(open_evaluation(d, data_root, device, request, cache,
-                                         lambda label, d=d: step(f"{d.name[-40:]}: {label}")))
-        except BnnBenchError as exc:
-            failed.append(d)
-            console.print(f"[red]{d}[/red]: {exc}", soft_wrap=True)
-    return evals, failed
-
-
-def each(evals: list, failed: list, work, console) -> tuple[list, list]:
-    """``work(ev)`` for every evaluation; one that raises a BnnBenchError is printed and dropped."""
-    kept = []
-    for ev in evals:
-        try:
-            work(ev)
-            kept.append(ev)
-        except BnnBenchError as exc:
-            failed.append(ev.rd.path)
-            console.print(f"[red]{ev.rd.path}[/red]: {exc}", soft_wrap=True)
-    return kept, failed
