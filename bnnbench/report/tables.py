@@ -294,7 +294,7 @@ def columns(tables: list[dict]) -> list[str]:
     """The leaderboard's columns; the baseline columns only when some row was compared to a baseline."""
     compared = any(t.get("baseline") for t in tables)
     cols = COLUMNS[:5] + ["Δ final vs baseline", "Δ best vs baseline"] + COLUMNS[5:] if compared else list(COLUMNS)
-    if any(r.get("mca") is not None or r.get("pgd") is not None for t in tables for r in t["rows"]):
+    if any(r.get("mca") is not None or r.get("pgd") is not None for t in tables for r in t.get("rows", [])):
         at = cols.index("top5")
         cols[at:at] = ROBUST_COLUMNS[:2] + (["Δ mCA vs baseline"] if compared else []) + ROBUST_COLUMNS[2:] \
             + (["Δ PGD vs baseline"] if compared else [])
