@@ -4,7 +4,8 @@
   statistics, loading the in-memory datasets (digits, CIFAR-10/100, the MNIST family), subsets;
 * :mod:`~bnnbench.data.loaders`: :class:`TensorLoader` (augmentation on whole tensors on the training
   device), the torchvision ImageFolder loaders, the :class:`BatchLoader` protocol;
-* :mod:`~bnnbench.data.dali`: NVIDIA DALI for ImageFolder datasets (optional extra; imported on use).
+* :mod:`~bnnbench.data.dali`: NVIDIA DALI for ImageFolder datasets (optional extra; imported on use);
+* :mod:`~bnnbench.data.corruptions`: the 15 common corruptions (CIFAR-10-C / ImageNet-C parameters).
 
 Layering: imports only the leaves (errors); the engine, config and tools read it.
 """

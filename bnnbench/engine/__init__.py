@@ -11,7 +11,9 @@
   commit);
 * rebuilding a run from its spec: :mod:`~bnnbench.engine.rebuild` (loaders, model, a finished run's trained
   model), :mod:`~bnnbench.engine.init` (``--init-from``);
-* helpers: optim, distill, flips, numerics, host (CPU memory), progress, loggers, distributed (torchrun/DDP).
+* helpers: optim, distill, flips, numerics, host (CPU memory), progress, loggers, distributed (torchrun/DDP);
+* after training: :mod:`~bnnbench.engine.attacks` (FGSM/PGD) and :mod:`~bnnbench.engine.robustness` (a
+  finished run under corruptions and attacks, ``robustness.json``).
 
 Layering: imports config, data, plugins, nn, the store and the leaves; never deploy, runner, report, tools
 or cli (checked by import-linter). It never names a method or a dataset.
