@@ -345,8 +345,10 @@ class RunDir:
         write_json(self.file(RESULT), seal_result(doc))
 
     def clear(self) -> None:
-        """Forget a previous attempt (``--force``): result, checkpoints, metrics, deploy figures."""
-        for name in (RESULT, METRICS, CKPT, CKPT_PREV, FLIPS, INIT_WEIGHTS, ERROR_LOG, DEPLOY, ROBUSTNESS):
+        """Forget a previous attempt (``--force``): result, checkpoints, metrics, deploy and robustness figures,
+        the record of rebuilt weights."""
+        for name in (RESULT, METRICS, CKPT, CKPT_PREV, FLIPS, INIT_WEIGHTS, ERROR_LOG, DEPLOY, ROBUSTNESS,
+                     REBUILT):
             try:
                 self.file(name).unlink()
             except FileNotFoundError:
@@ -445,6 +447,23 @@ class RunDir:
         except OSError:
             pass
         os.close(fd)
+
+
+def finished_run_dirs(paths: list[Path], warn, where: str) -> list[Path]:
+    """The finished runs named by ``paths``, in order: a run directory (with ``result.json``) as itself, a
+    results folder as every finished run under its ``runs/`` (unfinished ones passed to ``warn``); anything
+    else is a ConfigError naming ``where`` (the command)."""
+    found = []
+    for p in map(Path, paths):
+        if (p / RESULT).is_file():
+            found.append(p)
+        elif (p / "runs").is_dir():
+            for d in sorted(q for q in (p / "runs").iterdir() if q.is_dir()):
+                (found.append(d) if (d / RESULT).is_file() else warn(f"skipping {d}: not finished (no {RESULT})"))
+        else:
+            raise ConfigError(f"{where} {p}: neither a finished run directory (with {RESULT}) nor a results folder "
+                              f"(with runs/)")
+    return found
 
 
 def dependency_dir(runs_dir: Path, ref: dict) -> Path:

@@ -34,7 +34,7 @@ from bnnbench.report.console import DEFAULT as DEFAULT_COLUMNS
 from bnnbench.report.publish import publish
 from bnnbench.runner import SlurmOptions, SweepRequest, evaluate_extras, parse_assignments, plan, run_sweep, submit
 from bnnbench.store import RunDir, check_output_file, check_writable
-from bnnbench.tools import bench, deploy_bench, rebuild, robustness, summary
+from bnnbench.tools import add_data_arguments, bench, deploy_bench, rebuild, robustness, summary
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_PREEMPTED = 2, 3, 75
 
@@ -185,8 +185,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_data_arguments(p)
     add_plugin_argument(p, " (the plugin the run used)")
     return p
 

@@ -84,14 +84,18 @@ def run_normalization(spec: RunSpec, data_root: Path) -> tuple:
     return input_normalization(spec, checked_data(spec, data_root))
 
 
+def batches(images: Tensor, y: Tensor, device: torch.device):
+    """(first index, pixel-scale float images, labels) of each batch of ``BATCH``, on ``device``."""
+    for start in range(0, len(y), BATCH):
+        yield start, images[start:start + BATCH].to(device).float(), y[start:start + BATCH].to(device)
+
+
 def top1(model: nn.Module, norm: Normalizer, images: Tensor, y: Tensor, device: torch.device,
          attack: Callable | None = None) -> float:
     """Top-1 (%) on ``images`` (uint8 or pixel-scale float), each batch attacked by ``attack(x, y, start)``
     first when given."""
     hits = 0
-    for start in range(0, len(y), BATCH):
-        x = images[start:start + BATCH].to(device).float()
-        yb = y[start:start + BATCH].to(device)
+    for start, x, yb in batches(images, y, device):
         if attack is not None:
             x = attack(x, yb, start)
         hits += correct(model, norm, x, yb)
@@ -135,15 +139,6 @@ class Evaluation:
     def _save(self) -> None:
         self.doc["summary"] = summarize(self.doc)
         self.rd.write_robustness(self.doc)
-
-    def run(self) -> dict:
-        """Every figure the request asks for, in order; returns the document."""
-        for name in self.request.corruptions:
-            for sev in self.request.severities:
-                self.condition(name, sev)
-        self.attacks()
-        self.transfer()
-        return self.doc
 
     def condition(self, name: str, severity: int) -> None:
         """Clean top-1 first, then top-1 under one corruption condition (skipped when recorded)."""
@@ -205,12 +200,9 @@ def transfer_examples(images: TestImages, source: Path, data_root: Path, target:
                           f"{target.backbone} is needed, not a run of {spec.dataset} / {spec.backbone} with binarize: "
                           f"{spec.settings.binarize}")
     norm = Normalizer.of(*run_normalization(spec, data_root), device)
-    parts = []
-    for start in range(0, len(images.y), BATCH):
-        x = images.x[start:start + BATCH].to(device).float()
-        y = images.y[start:start + BATCH].to(device)
-        parts.append(pgd(model, norm, x, y, eps, request.pgd_steps, gen=_generator(request.seed, eps, start)).cpu())
-    images.transfer[key] = torch.cat(parts)
+    images.transfer[key] = torch.cat([
+        pgd(model, norm, x, y, eps, request.pgd_steps, gen=_generator(request.seed, eps, start)).cpu()
+        for start, x, y in batches(images.x, images.y, device)])
     return images.transfer[key]
 
 
@@ -226,7 +218,9 @@ def summarize(doc: dict) -> dict:
 
 def open_evaluation(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,
                     cache: dict, on_step: Callable[[str], None] | None = None) -> Evaluation:
-    """A finished run's model with its robustness evaluation, resumed from its ``robustness.json``."""
+    """A finished run's model with its robustness evaluation, resumed from its ``robustness.json``; its
+    figures are made by :meth:`Evaluation.condition`, :meth:`~Evaluation.attacks` and
+    :meth:`~Evaluation.transfer`, in that order (:func:`evaluate_many`)."""
     request.check("robustness")
     spec, model, _ = trained_model(run_dir, data_root, device, loaders=False)
     return Evaluation(run_dir, spec, model, data_root, device, request, cache, on_step)
@@ -240,7 +234,7 @@ def evaluate_many(dirs: list[Path], data_root: Path, device: torch.device, reque
     and dropped. Returns (the finished evaluations, the runs that failed)."""
     step = on_step or (lambda _label: None)
     cache: dict = {}
-    evals, failed = [], []
+    failed: list[Path] = []
 
     def each(work, items):
         kept = []
@@ -258,12 +252,6 @@ def evaluate_many(dirs: list[Path], data_root: Path, device: torch.device, reque
             evals = each(lambda ev, n=name, s=sev: (ev.condition(n, s), ev)[1], evals)
     evals = each(lambda ev: (ev.attacks(), ev.transfer(), ev)[2], evals)
     return evals, failed
-
-
-def evaluate_robustness(run_dir: Path, data_root: Path, device: torch.device, request: RobustnessRequest,
-                        cache: dict | None = None, on_step: Callable[[str], None] | None = None) -> dict:
-    """Evaluate (or finish evaluating) one finished run; returns its ``robustness.json`` document."""
-    return open_evaluation(run_dir, data_root, device, request, {} if cache is None else cache, on_step).run()
 
 
 def is_complete(run_dir: Path, request: RobustnessRequest) -> bool:

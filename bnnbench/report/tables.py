@@ -170,10 +170,8 @@ def build_tables(stored: list[StoredRun], baseline: str | None = None,
         for r in groups[key]:
             by_group[r.group].append(r)
         rows = [_row(labels[g], by_group[g], dataset, backbone, epochs, full, overridden,
-                     [deploys.get(id(r)) for r in by_group[g]], published)
+                     [deploys.get(id(r)) for r in by_group[g]], published, [robust.get(id(r)) for r in by_group[g]])
                 for g in sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))]
-        for row, g in zip(rows, sorted(by_group, key=lambda g: (by_group[g][0].method, labels[g]))):
-            row.update(robustness_cells([(r, robust.get(id(r))) for r in by_group[g] if r.status == "done"]))
         add_statistics(rows, baseline)
         sched = (f"{epochs} epochs" + (" (changed from the recipe)" if overridden else "")
                  + ("" if full else ", data subset"))
@@ -244,7 +242,7 @@ def _deploy_cells(deploys: list[dict | None]) -> dict:
 
 def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: int, full: bool,
          overridden: bool, deploys: list[dict | None] | None = None,
-         published: Callable[[str], list[dict]] | None = None) -> dict:
+         published: Callable[[str], list[dict]] | None = None, robust: list[dict | None] | None = None) -> dict:
     ok = [r for r in rs if r.status == "done"]
     failed = [r for r in rs if r.status == "failed"]
     row = {"method": label, "group": rs[0].group, "n": len(ok), "failed": len(failed),
@@ -262,6 +260,7 @@ def _row(label: str, rs: list[RunResult], dataset: str, backbone: str, epochs: i
                    wall=_mean(r.wall_time_s for r in ok), ips=_mean(r.images_per_s for r in ok) or 0.0,
                    epochs_run=max(r.epochs_run for r in ok))
         row.update(_deploy_cells([d for r, d in zip(rs, deploys or [None] * len(rs)) if r.status == "done"]))
+    row.update(robustness_cells([(r, d) for r, d in zip(rs, robust or [None] * len(rs)) if r.status == "done"]))
     ref = find_reference(rs[0].method, dataset, backbone, rs[0].stage,
                          published(rs[0].method) if published else None)
     row["paper"] = ref["top1"] if ref else None

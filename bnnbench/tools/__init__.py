@@ -10,7 +10,27 @@
 * :mod:`~bnnbench.tools.precision`: the binarizers in fp16/bf16 against fp32;
 * :mod:`~bnnbench.tools.transfers`: a host<->device traffic counter (a TorchDispatchMode).
 
+``add_run_dirs_argument`` and ``add_data_arguments`` are the flags the commands that load finished runs share.
 Submodules are imported on use. Layering: may import everything below the command line; only the CLI
 imports them.
 """
-__all__ = ["bench", "deploy_bench", "gpu_check", "precision", "rebuild", "robustness", "summary", "transfers"]
+import argparse
+from pathlib import Path
+
+__all__ = ["add_data_arguments", "add_run_dirs_argument", "bench", "deploy_bench", "gpu_check", "precision",
+           "rebuild", "robustness", "summary", "transfers"]
+
+
+def add_run_dirs_argument(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``RUN_DIR ...``: finished runs or results folders (``bnnbench.store.finished_run_dirs``)."""
+    p.add_argument("paths", type=Path, nargs="+", metavar="RUN_DIR",
+                   help="finished run directories, or results folders (every finished run under runs/)")
+    return p
+
+
+def add_data_arguments(p: argparse.ArgumentParser, device_help: str = "cpu (default), cuda or cuda:N"
+                       ) -> argparse.ArgumentParser:
+    """``--data-root`` and ``--device`` of the commands that load a finished run's model and data."""
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
+    p.add_argument("--device", default="cpu", help=device_help)
+    return p

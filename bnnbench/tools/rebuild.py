@@ -19,20 +19,17 @@ from bnnbench.engine import resolve_device
 from bnnbench.errors import BnnBenchError, RunError
 from bnnbench.paths import default_data_root
 from bnnbench.runner import execute
-from bnnbench.store import RunDir
-from bnnbench.tools.robustness import run_dirs
+from bnnbench.store import RunDir, finished_run_dirs
+from bnnbench.tools import add_data_arguments, add_run_dirs_argument
 
 EXIT_SOME_FAILED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("paths", type=Path, nargs="+", metavar="RUN_DIR",
-                   help="finished run directories, or results folders (every finished run under runs/)")
+    add_run_dirs_argument(p)
     p.add_argument("--scratch", type=Path, default=None,
                    help="where the retraining runs (default: .rebuild/ beside each run's runs/ folder)")
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
-    p.add_argument("--device", default="cpu", help="the device the runs trained on (default cpu)")
-    return p
+    return add_data_arguments(p, "the device the runs trained on (default cpu)")
 
 
 def has_weights(rd: RunDir, epochs: int) -> bool:
@@ -74,7 +71,8 @@ def rebuild(run_dir: Path, scratch: Path, device, data_root: Path, warn) -> dict
 
 
 def run(args, console) -> int:
-    dirs = run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True))
+    dirs = finished_run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True),
+                             "rebuild-weights")
     device, data_root = resolve_device(args.device), args.data_root or default_data_root()
     failed = 0
     for d in dirs:

@@ -18,16 +18,15 @@ from bnnbench.config.evaluation import DEFAULT_EPSILONS, PGD_STEPS, RobustnessRe
 from bnnbench.data.corruptions import CORRUPTIONS, SEVERITIES
 from bnnbench.engine import resolve_device
 from bnnbench.engine.robustness import evaluate_many
-from bnnbench.errors import ConfigError
 from bnnbench.paths import default_data_root
-from bnnbench.store import RESULT
+from bnnbench.store import finished_run_dirs
+from bnnbench.tools import add_data_arguments, add_run_dirs_argument
 
 EXIT_SOME_FAILED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("paths", type=Path, nargs="+", metavar="RUN_DIR",
-                   help="finished run directories, or results folders (every finished run under runs/)")
+    add_run_dirs_argument(p)
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME",
                    help=f"corruptions to apply (default: all 15: {', '.join(CORRUPTIONS)})")
     p.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), metavar="S",
@@ -44,24 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace figures a run's robustness.json holds for another subset, seed or PGD steps "
                         "(without it, that is an error naming them)")
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $BNNBENCH_DATA or ./data)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    return p
-
-
-def run_dirs(paths: list[Path], warn) -> list[Path]:
-    """The finished runs named by ``paths`` (run directories or results folders), in order."""
-    found = []
-    for p in paths:
-        if (p / RESULT).is_file():
-            found.append(p)
-        elif (p / "runs").is_dir():
-            for d in sorted(q for q in (p / "runs").iterdir() if q.is_dir()):
-                (found.append(d) if (d / RESULT).is_file() else warn(f"skipping {d}: not finished (no {RESULT})"))
-        else:
-            raise ConfigError(f"robustness {p}: neither a finished run directory (with {RESULT}) nor a results "
-                              f"folder (with runs/)")
-    return found
+    return add_data_arguments(p)
 
 
 def request_of(args) -> RobustnessRequest:
@@ -92,7 +74,8 @@ def _by_eps(d: dict | None) -> str:
 
 def run(args, console) -> int:
     request = request_of(args)
-    dirs = run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True))
+    dirs = finished_run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True),
+                             "robustness")
     device, data_root = resolve_device(args.device), args.data_root or default_data_root()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
