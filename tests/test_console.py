@@ -95,7 +95,9 @@ def test_the_front_doors_final_table_is_whole_in_the_terminal(tmp_path, tiny_cif
 def test_columns_and_wide_pick_what_the_terminal_shows(out):
     tables = build_tables(collect(out, warn=print), BASELINE)
     assert shown(tables, ["top5", "ops"]) == ["method", "top5", "OPs"]
-    assert len(shown(tables, wide=True)) == 20
+    robustness = ["mCA", "rank mCA", "Δ mCA vs baseline", "PGD 2/255", "rank PGD", "Δ PGD vs baseline"]
+    wide = shown(tables, wide=True)   # the committed runs carry robustness.json: its columns join the rest
+    assert len(wide) == 26 and wide[wide.index("Δ best vs baseline") + 1:wide.index("top5")] == robustness
     assert "Δ final vs baseline" not in shown(build_tables(collect(out, warn=print)))  # no baseline asked
     with pytest.raises(ConfigError, match="'sillent'.*did you mean 'silent'"):
         shown(tables, ["sillent"])

@@ -39,7 +39,9 @@ def test_html_report_renders_in_chromium(tmp_path, tiny_cifar, capsys):
     assert 1200 < viewport <= 1280 and scroll_width <= viewport  # no horizontal overflow at 1280 px
     assert dom.count('class="scroll"') == 3 * 2 and 'class="kv"' in dom  # wide tables scroll in their own box
     plots = len(list((tmp_path / "plots").glob("*.png")))
-    assert n_images == plots == n_loaded == 2 + 2 + 4  # curves and flips per table, 4 silent histograms
+    # curves and flips per table, 4 silent histograms, the committed table's robustness heat map
+    assert n_images == plots == n_loaded == 2 + 2 + 4 + 1
+    assert len(list((tmp_path / "plots").glob("robustness__*.png"))) == 1 and "mCA" in dom
     assert dom.count('class="leaderboard"') == 2 and "ovsw[ags=False,sad=False]" in dom
     assert "Δ final vs baseline" in dom and "Hyperparameters" in dom and "git commit" in dom
     assert "CONSOLE" not in r.stderr, [line for line in r.stderr.splitlines() if "CONSOLE" in line]
