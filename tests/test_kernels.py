@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnnbench.deploy import kernels
+from bnnbench.deploy import fusion, kernels
 from bnnbench.deploy import packed as deploy
 from bnnbench.nn.layers import BinaryConv2d, binary_layers
 from bnnbench.plugins import ARCHITECTURES, METHODS
@@ -85,8 +85,12 @@ def model_for(method: str, arch: str) -> tuple[torch.nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 @pytest.mark.parametrize("method", METHODS.names())
 def test_packed_model_computes_what_the_trained_model_computes(method, arch):
+    """Unfused: integers exact, the same floats where no activation is exactly 0. Fused (bnnbench/deploy/fusion.py):
+    the same integers, logits within float tolerance of the unfused ones, top-1 identical; a form with offsets
+    is not fused and says so."""
     model, x = model_for(method, arch)
-    report = deploy.check_exact(model, deploy.packed_model(model), x)
+    packed = deploy.packed_model(model)
+    report = deploy.check_exact(model, packed, x)
     assert len(report.layers) == len(binary_layers(model))
     assert report.exact, [c for c in report.layers if c.mismatches]
     assert sum(c.outputs for c in report.layers) > 0
@@ -94,6 +98,16 @@ def test_packed_model_computes_what_the_trained_model_computes(method, arch):
         assert report.max_logit_diff == 0.0 and report.top1_same == x.shape[0]
     else:
         assert sum(c.skipped_outputs for c in report.layers) > 0
+    fused, records = fusion.fuse(packed)
+    with torch.no_grad():
+        ref, got = packed(x), fused(x)
+    assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max()) and torch.equal(got.argmax(1), ref.argmax(1))
+    layers = dict(binary_layers(model))
+    for r in records:   # the exactness check's operand: the fused layer's integers are the packed layer's
+        x_in = torch.randn(1, layers[r.layer].in_channels, 6, 6)
+        assert torch.equal(fused.get_submodule(r.layer).dot(x_in), packed.get_submodule(r.layer).dot(x_in))
+        assert (r.unfused == "its inference form has offsets (threshold, box sum or border terms)") == \
+            (not layers[r.layer].inference_form().plain)
 
 
 def test_zero_activations_are_counted_and_follow_the_plus_one_convention():

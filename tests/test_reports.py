@@ -145,6 +145,14 @@ def test_deploy_bench_command_writes_figures(tmp_path):
         assert c["end_to_end"]["speedup_vs_fp32"] > 0 and c["end_to_end"]["speedup_vs_simulated"] > 0
     assert res["machine"]["threads"] == 1 and res["machine"]["isa"] in kernels.ISAS
     assert [t["target"] for t in res["targets"]] == ["cresnet20 end to end >= 3.0x FP32"]
+    for c in res["cases"]:   # the fused path by default: every block of cResNet-20 fuses
+        assert c["path"] == "fused" and c["end_to_end"]["speedup_vs_unfused"] > 0
+        assert (c["fusion"]["binary_convs"], c["fusion"]["fused"], c["fusion"]["packed_links"]) == (18, 18, 17)
+    assert main(["deploy-bench", "--arch", "cresnet20", "--rounds", "1", "--warmup", "0", "--exact", "--json",
+                 str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["path"] == "exact" and case["fusion"] is None and "unfused" not in case["end_to_end"]
+    assert case["exact"]["max_logit_diff"] == 0.0   # the unfused path: the trained model's floats
 
 
 def test_deploy_bench_remeasures_finished_runs(matrix):
@@ -157,3 +165,6 @@ def test_deploy_bench_remeasures_finished_runs(matrix):
     assert main(["deploy-bench", "--run", str(run), "--data-root", str(matrix.parent / "data"), "--rounds", "2"]) == 0
     doc = json.loads((run / "deploy.json").read_text())
     assert doc["status"] == "measured" and doc["exact"]["exact"] and doc["exact"]["samples"] == 16
+    agreement = doc["agreement"]
+    assert agreement["same"] == agreement["images"] > 16 and doc["path"] == "fused"   # every test image
+    assert agreement["trained_top1"] == agreement["deployed_top1"]

@@ -46,7 +46,7 @@ def _load():
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         return load(name="bnnbench_binconv", sources=[str(SOURCE)], build_directory=str(path),
-                    extra_cflags=["-O3"], verbose=False)
+                    extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
     except Exception as e:  # a missing compiler/ninja or a build error: reported, never hidden
         return e
 
@@ -131,6 +131,22 @@ def binconv2d(packed_x: Tensor, packed_w: Tensor, in_channels: int, out_channels
     out = ext().binconv2d(packed_x, packed_w, s, in_channels, out_channels, kernel[0], kernel[1], stride, padding,
                           isa_index(isa))
     return out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
+
+
+def binconv2d_fused(packed_x: Tensor, packed_w: Tensor, in_channels: int, out_channels: int,
+                    kernel: tuple[int, int], stride: int, padding: int, epilogue: dict[str, Tensor | float | int],
+                    residual: Tensor | None, emit_packed: bool, isa: int = -1) -> tuple[Tensor, Tensor | None]:
+    """The fused binary block (``bnnbench/deploy/fusion.py``): ``y = act(scale * dot + bias + residual) + post``
+    in one kernel call, and when ``emit_packed`` also the packed signs of ``y`` (the next binary conv's input).
+    ``epilogue``: float32 contiguous (C_out,) tensors ``scale``, ``bias``, ``slope``, ``post`` (empty when
+    absent), ``act`` (0 none, 1 clamp, 2 PReLU), ``lo``/``hi``; ``residual``: NCHW channels_last float32 or
+    None. Returns ``y`` NCHW (channels_last) and the packed signs [N, OH, OW, words] or None."""
+    e = epilogue
+    res = torch.empty(0) if residual is None else residual.permute(0, 2, 3, 1)
+    y, bits = ext().binconv2d_fused(packed_x, packed_w, e["scale"], e["bias"], res, e["act"], e["lo"], e["hi"],
+                                    e["slope"], e["post"], emit_packed, in_channels, out_channels, kernel[0],
+                                    kernel[1], stride, padding, isa)
+    return y.permute(0, 3, 1, 2), (bits if emit_packed else None)
 
 
 if __name__ == "__main__":  # python -m bnnbench.deploy.kernels: build now and say what this CPU gets

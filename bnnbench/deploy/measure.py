@@ -1,9 +1,11 @@
 """The measurement a finished run records: its model exported to 1-bit form, checked for exactness and timed
 against FP32 on this CPU (``deploy.json`` in the run directory; the leaderboard's 1-bit columns read it).
 
-:func:`measure` times the packed model (``bnnbench/deploy/packed.py``) end to end against the same topology
-with FP32 convs and against the simulated binary model, and optionally every binary conv on the input the
-model gives it; :func:`record_run` is the hook the runner hands the engine for every finished run.
+:func:`measure` times the packed model (``bnnbench/deploy/packed.py``) with its binary blocks fused
+(``bnnbench/deploy/fusion.py``; ``exact=True``: the unfused layer-by-layer path, bit for bit the trained
+model's floats) end to end against the same topology with FP32 convs, against the simulated binary model and
+(fused) against the unfused packed model, and optionally every binary conv on the input the model gives it;
+:func:`record_run` is the hook the runner hands the engine for every finished run.
 ``run_bench.py deploy-bench`` (``bnnbench/tools/deploy_bench.py``) uses the same functions.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnnbench.deploy import kernels
+from bnnbench.deploy import fusion, kernels
 from bnnbench.deploy import packed as deploy
 from bnnbench.deploy.timing import LoadProbe, paired_ratio, round_robin, spread
 from bnnbench.nn.layers import binary_layers
@@ -84,43 +86,84 @@ def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: i
     return rows
 
 
-def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> dict:
-    """Packed model vs the FP32 network of the same topology vs the simulated binary model."""
+def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int,
+                     unfused: nn.Module | None = None) -> dict:
+    """Packed model vs the FP32 network of the same topology vs the simulated binary model (and, given the
+    ``unfused`` packed model that ``packed`` was fused from, vs that)."""
     fp32 = deploy.float_model(model)
     x = x.contiguous(memory_format=torch.channels_last)
+    cases = {"packed": lambda: packed(x), "fp32": lambda: fp32(x), "simulated": lambda: model(x)}
+    if unfused is not None:
+        cases["unfused"] = lambda: unfused(x)
     with torch.no_grad(), LoadProbe() as probe:
-        times = round_robin({"packed": lambda: packed(x), "fp32": lambda: fp32(x), "simulated": lambda: model(x)},
-                            rounds, warmup)
+        times = round_robin(cases, rounds, warmup)
     vs_fp = paired_ratio(times["fp32"], times["packed"])
-    vs_sim = paired_ratio(times["simulated"], times["packed"])
-    return {"packed": _summary(times["packed"]), "fp32": _summary(times["fp32"]),
-            "simulated": _summary(times["simulated"]), "speedup_vs_fp32": vs_fp["median"],
-            "speedup_vs_fp32_q1": vs_fp["q1"], "speedup_vs_fp32_q3": vs_fp["q3"],
-            "speedup_vs_simulated": vs_sim["median"], "conditions": conditions(probe.result(), times["packed"])}
+    out = {name: _summary(t) for name, t in times.items()}
+    out.update({"speedup_vs_fp32": vs_fp["median"], "speedup_vs_fp32_q1": vs_fp["q1"],
+                "speedup_vs_fp32_q3": vs_fp["q3"],
+                "speedup_vs_simulated": paired_ratio(times["simulated"], times["packed"])["median"],
+                "conditions": conditions(probe.result(), times["packed"])})
+    if unfused is not None:
+        out["speedup_vs_unfused"] = paired_ratio(times["unfused"], times["packed"])["median"]
+    return out
+
+
+def deployed(model: nn.Module, exact: bool = False) -> tuple[nn.Module, nn.Module, dict | None]:
+    """(the model as deployed, the unfused packed model, the fusion summary): fused unless ``exact``."""
+    packed = deploy.packed_model(model)
+    if exact:
+        return packed, packed, None
+    fused, records = fusion.fuse(packed)
+    return fused, packed, fusion.summary(records)
 
 
 def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
-            timing_batch: int | None = None) -> dict:
+            timing_batch: int | None = None, exact: bool = False) -> dict:
     """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
-    ``model`` (eval, CPU, channels_last) exported to the packed form; per-layer timings when ``layers``."""
+    ``model`` (eval, CPU, channels_last) exported to the packed form, its blocks fused unless ``exact``;
+    per-layer timings (each binary conv with its input packing, unfused) when ``layers``."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-    packed = deploy.packed_model(model)
+    net, packed, fused = deployed(model, exact)
     x = x.cpu().float()
     timed = x[:timing_batch] if timing_batch else x
     out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(),
-           "exact": deploy.check_exact(model, packed, x).to_dict(),
-           "end_to_end": bench_end_to_end(model, packed, timed, rounds, warmup)}
+           "path": "exact" if exact else "fused", "fusion": fused,
+           "exact": deploy.check_exact(model, net, x).to_dict(),
+           "end_to_end": bench_end_to_end(model, net, timed, rounds, warmup, None if exact else packed)}
     if layers:
         out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
     return out
 
 
-def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20) -> dict:
+def top1_agreement(model: nn.Module, batches, exact: bool = False) -> dict:
+    """Top-1 of the trained ``model`` and of its deployed form (fused unless ``exact``) on every image of
+    ``batches`` ((images, labels) pairs): how many predictions agree and both accuracies."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
+    net, _, _ = deployed(model, exact)
+    images = same = right_trained = right_net = 0
+    with torch.no_grad():
+        for x, y in batches:
+            x = x.cpu().float().contiguous(memory_format=torch.channels_last)
+            a, b = model(x).argmax(1), net(x).argmax(1)
+            images += len(y)
+            same += int((a == b).sum())
+            right_trained += int((a == y).sum())
+            right_net += int((b == y).sum())
+    return {"images": images, "same": same, "trained_top1": 100 * right_trained / max(images, 1),
+            "deployed_top1": 100 * right_net / max(images, 1)}
+
+
+def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20,
+               exact: bool = False, test=None) -> dict:
     """Measure a trained run's exported model (exactness on the images ``sample()`` returns, latency at
-    batch 1) and write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not
-    1-bit, no test batch) the file says why and the run stays done."""
+    batch 1, fused unless ``exact``; with ``test`` batches also :func:`top1_agreement` on all of them) and
+    write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not 1-bit, no test
+    batch) the file says why and the run stays done."""
     try:
-        doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1)}
+        doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1,
+                                               exact=exact)}
+        if test is not None:
+            doc["agreement"] = top1_agreement(model, test, exact)
     except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
         doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     atomic_write_text(run_dir / DEPLOY, json.dumps(doc, indent=1))

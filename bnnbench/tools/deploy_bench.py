@@ -6,9 +6,14 @@ the same thread count for every case (``--threads``, default torch's):
 * **per binary conv**, on the input the trained model gives that layer: the packed layer (activation
   sign packing + XNOR-popcount conv + scale, ``bnnbench/deploy/kernels.py``) against torch FP32 ``conv2d`` of the
   same shape;
-* **end to end**: the packed model (``bnnbench/deploy/packed.py``) against the same topology with FP32 convs and
-  against the simulated binary model (float convs of +-1 values, what training runs);
-* **exactness** (:func:`bnnbench.deploy.packed.check_exact`) on the same batch.
+* **end to end**: the packed model (``bnnbench/deploy/packed.py``) with its binary blocks fused
+  (``bnnbench/deploy/fusion.py``: BatchNorm, residual, activation and the next layer's sign packing in the
+  kernel's epilogue) against the same topology with FP32 convs, against the simulated binary model (float
+  convs of +-1 values, what training runs) and against the unfused packed model; ``--exact`` measures the
+  unfused layer-by-layer path instead (the trained model's floats bit for bit);
+* **exactness** (:func:`bnnbench.deploy.packed.check_exact`) on the same batch: integer outputs equal, logits
+  within float tolerance (fused) or equal (``--exact``), top-1 compared one for one; with ``--run``, top-1 of
+  the trained and the deployed model on every test image (:func:`bnnbench.deploy.measure.top1_agreement`).
 
 Timing is round-robin (``bnnbench/deploy/timing.py``): one call of each case per round, ratios paired within a
 round (median and quartiles). Models are the method's backbone at its initialisation (speed does not
@@ -67,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "backbones and (re)write deploy.json there; needs --data-root for the test images")
     p.add_argument("--data-root", type=Path, default=None, help="dataset root of the --run runs")
     p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    p.add_argument("--exact", action="store_true",
+                   help="measure the unfused packed model (bit-for-bit floats) instead of the fused one")
     return p
 
 
@@ -106,7 +113,8 @@ def _run(args, console) -> int:
                   f"threads): median of {args.rounds} round-robin rounds after {args.warmup} warm-up calls")
     if args.run:
         return _run_stored(args, console)
-    cases = [{"arch": a, "method": args.method, **measure(*_model(args.method, a, b), args.rounds, args.warmup)}
+    cases = [{"arch": a, "method": args.method,
+              **measure(*_model(args.method, a, b), args.rounds, args.warmup, exact=args.exact)}
              for a in args.arch for b in args.batch]
     for c in cases:
         print_case(c, console)
@@ -129,16 +137,17 @@ def _run_stored(args, console) -> int:
     ok = True
     for d in args.run:
         _, model, test = trained_model(d, args.data_root)
-        doc = record_run(d, model, lambda test=test: next(iter(test))[0][:16], args.rounds)
+        doc = record_run(d, model, lambda test=test: next(iter(test))[0][:16], args.rounds, args.exact, test)
         if doc["status"] != "measured":
             ok = False
             console.print(f"{d.name}: not measured: {doc['reason']}")
             continue
-        e, x = doc["end_to_end"], doc["exact"]
-        ok = ok and x["exact"]
-        console.print(f"{d.name}: 1-bit {1000 * e['packed']['median_s']:.3f} ms, FP32 "
+        e, x, a = doc["end_to_end"], doc["exact"], doc["agreement"]
+        ok = ok and x["exact"] and a["same"] == a["images"]
+        console.print(f"{d.name}: 1-bit ({doc['path']}) {1000 * e['packed']['median_s']:.3f} ms, FP32 "
                       f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
-                      f"top-1 same {x['top1_same']}/{x['samples']}; {describe_conditions(e['conditions'])}")
+                      f"top-1 same on {a['same']}/{a['images']} test images (trained {a['trained_top1']:.2f}%, "
+                      f"deployed {a['deployed_top1']:.2f}%); {describe_conditions(e['conditions'])}")
     return 0 if ok else 1
 
 
@@ -162,7 +171,13 @@ def print_case(c: dict, console) -> None:
                       f"{r['speedup']:.1f}x", f"{r['speedup_q1']:.1f}-{r['speedup_q3']:.1f}")
         console.print(t)
     x = c["exact"]
-    console.print(f"{c['arch']} batch {c['batch']} end to end: 1-bit {1000 * e['packed']['median_s']:.3f} ms, "
+    if c.get("fusion"):
+        f = c["fusion"]
+        console.print(f"{c['arch']}: {f['fused']} of {f['binary_convs']} binary convs fused, {f['packed_links']} "
+                      f"hand their packed signs to the next; unfused {1000 * e['unfused']['median_s']:.3f} ms "
+                      f"({e['speedup_vs_unfused']:.2f}x from fusion)")
+    console.print(f"{c['arch']} batch {c['batch']} end to end: 1-bit ({c['path']}) "
+                  f"{1000 * e['packed']['median_s']:.3f} ms, "
                   f"FP32 {1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x, IQR "
                   f"{e['speedup_vs_fp32_q1']:.2f}-{e['speedup_vs_fp32_q3']:.2f}), simulated binary "
                   f"{1000 * e['simulated']['median_s']:.3f} ms ({e['speedup_vs_simulated']:.2f}x)")

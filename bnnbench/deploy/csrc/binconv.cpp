@@ -29,6 +29,23 @@ struct Geometry {
   int64_t n, h, w, wd, c_in, c_out, kh, kw, stride, pad, oh, ow, blocks;
 };
 
+// What happens to the dot products of one output position (the fused binary block of
+// bnnbench/deploy/fusion.py):  y[o] = act(scale[o] * dot[o] + bias[o] + residual[o]) + post[o],
+// act: none (0), clamp to [lo, hi] (1: Hardtanh), PReLU with a per-channel slope (2); then, when
+// `packed` is set, the sign bits of y (1 where y < 0) packed 64 to a word for the next binary conv.
+// The unfused layer uses the first term alone (bias, residual, post, packed: null; act 0).
+struct Epilogue {
+  const float* scale = nullptr;
+  const float* bias = nullptr;
+  const float* residual = nullptr;  // [positions, c_out] (NHWC)
+  int64_t act = 0;
+  float lo = -1.f, hi = 1.f;
+  const float* slope = nullptr;
+  const float* post = nullptr;
+  uint64_t* packed = nullptr;       // [positions, ceil(c_out / 64)]
+  bool per_position() const { return residual || act || post || packed; }
+};
+
 // For output coordinate o (one axis): the range [lo, hi) of kernel taps that land inside the input.
 inline void tap_range(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t size, int64_t& lo, int64_t& hi) {
   int64_t first = o * stride - pad;
@@ -47,19 +64,48 @@ inline const uint64_t* wt_at(const Geometry& g, const uint64_t* wt, int64_t ob, 
   return wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
 }
 
-// Writes one output position's 32 lanes of one block: int32 dot products, or scale * dot as float.
-inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const float* scale,
+// Writes one output position's 32 lanes of one block: int32 dot products, or scale * dot (+ bias) as float
+// (a product, then a sum: the build turns off FMA contraction, so every path rounds alike).
+inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const Epilogue& e,
                   float* outf, int32_t* outi, int64_t pos) {
   int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
   for (int64_t l = 0; l < on; ++l) {
     int64_t dot = nvalid - 2 * counts[l];
-    if (outf) outf[pos * g.c_out + o0 + l] = scale[o0 + l] * static_cast<float>(dot);
-    else outi[pos * g.c_out + o0 + l] = static_cast<int32_t>(dot);
+    if (!outf) {
+      outi[pos * g.c_out + o0 + l] = static_cast<int32_t>(dot);
+      continue;
+    }
+    float v = e.scale[o0 + l] * static_cast<float>(dot);
+    outf[pos * g.c_out + o0 + l] = e.bias ? v + e.bias[o0 + l] : v;
   }
 }
 
+void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels);
+
+// The rest of the epilogue on `count` finished positions from `pos` (every output channel written):
+// residual, activation, post shift, then the packed signs. One loop per step, so that each vectorises.
+void finish_positions(const Geometry& g, const Epilogue& e, float* outf, int64_t pos, int64_t count,
+                      void (*pack)(const float*, uint64_t*, int64_t, int64_t, int64_t)) {
+  const int64_t c = g.c_out;
+  for (int64_t p = pos; p < pos + count; ++p) {
+    float* y = outf + p * c;
+    if (e.residual) {
+      const float* r = e.residual + p * c;
+      for (int64_t o = 0; o < c; ++o) y[o] += r[o];
+    }
+    if (e.act == 1) {
+      for (int64_t o = 0; o < c; ++o) y[o] = y[o] < e.lo ? e.lo : (y[o] > e.hi ? e.hi : y[o]);
+    } else if (e.act == 2) {
+      for (int64_t o = 0; o < c; ++o) y[o] = y[o] > 0.f ? y[o] : e.slope[o] * y[o];
+    }
+    if (e.post)
+      for (int64_t o = 0; o < c; ++o) y[o] += e.post[o];
+  }
+  if (e.packed) pack(outf + pos * c, e.packed + pos * ((c + 63) / 64), c, (c + 63) / 64, count);
+}
+
 // ---------------------------------------------------------------- portable --------------------------------
-void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wt, const float* scale,
+void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* wt, const Epilogue& e,
                        float* outf, int32_t* outi, int64_t row) {
   int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
   tap_range(oy, g.stride, g.pad, g.kh, g.h, ylo, yhi);
@@ -76,8 +122,9 @@ void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* w
           for (int64_t k = 0; k < g.wd; ++k)
             for (int l = 0; l < kLanes; ++l) counts[l] += __builtin_popcountll(a[k] ^ w[k * kLanes + l]);
         }
-      store(g, counts, nvalid, ob, scale, outf, outi, pos);
+      store(g, counts, nvalid, ob, e, outf, outi, pos);
     }
+    if (outf && e.per_position()) finish_positions(g, e, outf, pos, 1, pack_row_portable);
   }
 }
 
@@ -169,10 +216,10 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
 }
 
 // The epilogue of one block: dot = nvalid - 2 * count, times the scale, as float; 8 lanes per vector.
-void store_avx512(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const float* scale,
+void store_avx512(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const Epilogue& e,
                   float* outf, int32_t* outi, int64_t pos) {
   int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
-  if (!outf) return store(g, counts, nvalid, ob, scale, outf, outi, pos);
+  if (!outf) return store(g, counts, nvalid, ob, e, outf, outi, pos);
   const __m512i n = _mm512_set1_epi64(nvalid);
   for (int64_t r = 0; r * 8 < on; ++r) {
     int64_t left = on - 8 * r;
@@ -180,8 +227,9 @@ void store_avx512(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int
     __m512i c = _mm512_loadu_si512(counts + 8 * r);
     __m512i dot = _mm512_sub_epi64(n, _mm512_add_epi64(c, c));
     __m256 d = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot));  // |dot| < 2^31: exact, as the scalar path
-    __m256 sc = _mm256_maskz_loadu_ps(m, scale + o0 + 8 * r);
-    _mm256_mask_storeu_ps(outf + pos * g.c_out + o0 + 8 * r, m, _mm256_mul_ps(sc, d));
+    __m256 v = _mm256_mul_ps(_mm256_maskz_loadu_ps(m, e.scale + o0 + 8 * r), d);
+    if (e.bias) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(m, e.bias + o0 + 8 * r));
+    _mm256_mask_storeu_ps(outf + pos * g.c_out + o0 + 8 * r, m, v);
   }
 }
 
@@ -210,8 +258,9 @@ template <void (*B1)(const Geometry&, const uint64_t*, const uint64_t*, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
           void (*B4)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
-          void (*Store)(const Geometry&, int64_t*, int64_t, int64_t, const float*, float*, int32_t*, int64_t)>
-void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const float* scale,
+          void (*Store)(const Geometry&, int64_t*, int64_t, int64_t, const Epilogue&, float*, int32_t*, int64_t),
+          void (*Pack)(const float*, uint64_t*, int64_t, int64_t, int64_t)>
+void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const Epilogue& e,
                      float* outf, int32_t* outi, int64_t row) {
   int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
   tap_range(oy, g.stride, g.pad, g.kh, g.h, ylo, yhi);
@@ -228,8 +277,9 @@ void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt,
       if (run4) B4(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       else B1(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       _Pragma("GCC unroll 8")
-      for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, scale, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
+      for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, e, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
     }
+    if (outf && e.per_position()) finish_positions(g, e, outf, (n * g.oh + oy) * g.ow + ox, P, Pack);
     ox += P;
   }
 }
@@ -273,10 +323,9 @@ torch::Tensor pack_activations(torch::Tensor x, int64_t isa) {
   return out;
 }
 
-// act: packed activations, wt: packed weights [Ob, KH*KW, Wd, 32]; returns [N, OH, OW, C_out] float32
-// (scale given: scale[o] * dot) or int32 (scale empty: the dot products themselves).
-torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale, int64_t c_in, int64_t c_out,
-                        int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t isa) {
+// The operands' geometry, checked: act packed activations [N, H, W, Wd], wt packed weights [Ob, KH*KW, Wd, 32].
+Geometry geometry(const torch::Tensor& act, const torch::Tensor& wt, int64_t c_in, int64_t c_out, int64_t kh,
+                  int64_t kw, int64_t stride, int64_t pad) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kUInt64 && act.is_contiguous(), "binconv2d: bad act");
   TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == torch::kUInt64 && wt.is_contiguous() && wt.size(3) == kLanes,
               "binconv2d: bad packed weights");
@@ -286,24 +335,78 @@ torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale
   TORCH_CHECK(g.wd == (c_in + 63) / 64 && wt.size(2) == g.wd && wt.size(1) == kh * kw &&
               g.blocks == (c_out + kLanes - 1) / kLanes, "binconv2d: operand shapes do not match");
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "binconv2d: the input is smaller than the kernel");
-  bool with_scale = scale.numel() > 0;
-  if (with_scale) TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == c_out && scale.is_contiguous(),
-                              "binconv2d: scale must be float32 with one value per output channel");
-  auto out = torch::empty({g.n, g.oh, g.ow, c_out}, act.options().dtype(with_scale ? torch::kFloat32 : torch::kInt32));
-  const uint64_t* ap = act.data_ptr<uint64_t>();
-  const uint64_t* wp = wt.data_ptr<uint64_t>();
-  const float* sp = with_scale ? scale.data_ptr<float>() : nullptr;
-  float* of = with_scale ? out.data_ptr<float>() : nullptr;
-  int32_t* oi = with_scale ? nullptr : out.data_ptr<int32_t>();
-  Isa use = resolve_isa(isa);
-  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t b, int64_t e) {
-    for (int64_t row = b; row < e; ++row) {
-      if (use == Isa::avx512) conv_row_vector<block_avx512<1>, block_avx512<4>, store_avx512>(g, ap, wp, sp, of, oi, row);
-      else if (use == Isa::avx2) conv_row_vector<block_avx2<1>, block_avx2<4>, store>(g, ap, wp, sp, of, oi, row);
-      else conv_row_portable(g, ap, wp, sp, of, oi, row);
+  return g;
+}
+
+// A float32 vector of one value per output channel (empty: absent).
+const float* per_channel(const torch::Tensor& t, int64_t c_out, const char* what) {
+  if (t.numel() == 0) return nullptr;
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.numel() == c_out && t.is_contiguous(), "binconv2d: ", what,
+              " must be float32 with one value per output channel (", c_out, "), got ", t.numel());
+  return t.data_ptr<float>();
+}
+
+// Every output row through the chosen instruction set (rows shared out over ATen's threads).
+void run_rows(const Geometry& g, const uint64_t* ap, const uint64_t* wp, const Epilogue& e, float* of, int32_t* oi,
+              Isa use) {
+  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t b, int64_t end) {
+    for (int64_t row = b; row < end; ++row) {
+      if (use == Isa::avx512)
+        conv_row_vector<block_avx512<1>, block_avx512<4>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi, row);
+      else if (use == Isa::avx2)
+        conv_row_vector<block_avx2<1>, block_avx2<4>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
+      else conv_row_portable(g, ap, wp, e, of, oi, row);
     }
   });
+}
+
+// act: packed activations, wt: packed weights [Ob, KH*KW, Wd, 32]; returns [N, OH, OW, C_out] float32
+// (scale given: scale[o] * dot) or int32 (scale empty: the dot products themselves).
+torch::Tensor binconv2d(torch::Tensor act, torch::Tensor wt, torch::Tensor scale, int64_t c_in, int64_t c_out,
+                        int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t isa) {
+  Geometry g = geometry(act, wt, c_in, c_out, kh, kw, stride, pad);
+  Epilogue e;
+  e.scale = per_channel(scale, c_out, "scale");
+  auto out = torch::empty({g.n, g.oh, g.ow, c_out}, act.options().dtype(e.scale ? torch::kFloat32 : torch::kInt32));
+  run_rows(g, act.data_ptr<uint64_t>(), wt.data_ptr<uint64_t>(), e, e.scale ? out.data_ptr<float>() : nullptr,
+           e.scale ? nullptr : out.data_ptr<int32_t>(), resolve_isa(isa));
   return out;
+}
+
+// The fused binary block (see Epilogue): returns [y float32 [N, OH, OW, C_out], packed signs of y
+// uint64 [N, OH, OW, ceil(C_out / 64)] (empty unless emit_packed)]. residual: float32 NHWC of y's shape or empty;
+// bias, slope, post: float32 (C_out,) or empty; act: 0 none, 1 clamp [lo, hi], 2 PReLU (slope required).
+std::vector<torch::Tensor> binconv2d_fused(torch::Tensor act, torch::Tensor wt, torch::Tensor scale,
+                                           torch::Tensor bias, torch::Tensor residual, int64_t activation, double lo,
+                                           double hi, torch::Tensor slope, torch::Tensor post, bool emit_packed,
+                                           int64_t c_in, int64_t c_out, int64_t kh, int64_t kw, int64_t stride,
+                                           int64_t pad, int64_t isa) {
+  Geometry g = geometry(act, wt, c_in, c_out, kh, kw, stride, pad);
+  TORCH_CHECK(activation >= 0 && activation <= 2, "binconv2d_fused: activation ", activation,
+              " is not one of 0 (none), 1 (clamp), 2 (PReLU)");
+  Epilogue e;
+  e.scale = per_channel(scale, c_out, "scale");
+  TORCH_CHECK(e.scale, "binconv2d_fused: the scale is required");
+  e.bias = per_channel(bias, c_out, "bias");
+  e.slope = per_channel(slope, c_out, "slope");
+  e.post = per_channel(post, c_out, "post");
+  TORCH_CHECK(activation != 2 || e.slope, "binconv2d_fused: PReLU needs its slope");
+  e.act = activation;
+  e.lo = static_cast<float>(lo);
+  e.hi = static_cast<float>(hi);
+  auto out = torch::empty({g.n, g.oh, g.ow, c_out}, act.options().dtype(torch::kFloat32));
+  if (residual.numel() > 0) {
+    TORCH_CHECK(residual.scalar_type() == torch::kFloat32 && residual.dim() == 4 && residual.size(0) == g.n &&
+                residual.size(1) == g.oh && residual.size(2) == g.ow && residual.size(3) == c_out &&
+                residual.is_contiguous(), "binconv2d_fused: the residual must be float32 NHWC of the output's shape ",
+                out.sizes(), ", got ", residual.sizes());
+    e.residual = residual.data_ptr<float>();
+  }
+  torch::Tensor packed = torch::empty({emit_packed ? g.n : 0, g.oh, g.ow, (c_out + 63) / 64},
+                                      act.options().dtype(torch::kUInt64));
+  if (emit_packed) e.packed = packed.data_ptr<uint64_t>();
+  run_rows(g, act.data_ptr<uint64_t>(), wt.data_ptr<uint64_t>(), e, out.data_ptr<float>(), nullptr, resolve_isa(isa));
+  return {out, packed};
 }
 
 // pack_activations then binconv2d in one call (the deployed layer's forward: one crossing from Python).
@@ -318,4 +421,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_activations", &pack_activations, "sign bits of a channels_last float32 tensor, packed along C");
   m.def("binconv2d", &binconv2d, "XNOR-popcount convolution on packed operands");
   m.def("binconv2d_float", &binconv2d_float, "sign-pack a channels_last float32 input, then binconv2d");
+  m.def("binconv2d_fused", &binconv2d_fused, "binconv2d with the fused block's epilogue and packed output");
 }
