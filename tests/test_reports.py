@@ -144,13 +144,16 @@ def test_deploy_bench_command_writes_figures(tmp_path):
         assert all(r["packed"]["median_s"] > 0 and r["fp32"]["median_s"] > 0 for r in c["layers"])
         assert c["end_to_end"]["speedup_vs_fp32"] > 0 and c["end_to_end"]["speedup_vs_simulated"] > 0
     assert res["machine"]["threads"] == 1 and res["machine"]["isa"] in kernels.ISAS
-    assert [t["target"] for t in res["targets"]] == ["cresnet20 end to end >= 3.0x FP32"]
+    want = {"avx512": "3.0", "avx2": "2.5"}[res["machine"]["isa"]]   # the targets of the path that ran
+    assert [t["target"] for t in res["targets"]] == [f"cresnet20 batch 1 end to end >= {want}x FP32"]
     for c in res["cases"]:   # the fused path by default: every block of cResNet-20 fuses
         assert c["path"] == "fused" and c["end_to_end"]["speedup_vs_unfused"] > 0
         assert (c["fusion"]["binary_convs"], c["fusion"]["fused"], c["fusion"]["packed_links"]) == (18, 18, 17)
-    assert main(["deploy-bench", "--arch", "cresnet20", "--rounds", "1", "--warmup", "0", "--exact", "--json",
-                 str(out)]) == 0
-    (case,) = json.loads(out.read_text())["cases"]
+    assert main(["deploy-bench", "--arch", "cresnet20", "--rounds", "1", "--warmup", "0", "--exact", "--isa",
+                 "portable", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (case,) = res["cases"]
+    assert res["machine"]["isa"] == case["machine"]["isa"] == "portable" and res["targets"] == []   # forced
     assert case["path"] == "exact" and case["fusion"] is None and "unfused" not in case["end_to_end"]
     assert case["exact"]["max_logit_diff"] == 0.0   # the unfused path: the trained model's floats
 

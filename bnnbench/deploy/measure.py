@@ -28,8 +28,8 @@ from bnnbench.nn.layers import binary_layers
 from bnnbench.store import DEPLOY, atomic_write_text
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
+def machine(isa: str | None = None) -> dict:
+    """What the figures were measured on: ``isa`` the kernels' path (None: the CPU's best, which it then names)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,7 +38,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "isa": kernels.best_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"cpu": cpu, "isa": isa or kernels.best_isa(), "best_isa": kernels.best_isa(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 #: a latency is not presented as a figure when other work kept more than this many cores busy while it was
@@ -108,9 +109,10 @@ def bench_end_to_end(model: nn.Module, packed: nn.Module, x: torch.Tensor, round
     return out
 
 
-def deployed(model: nn.Module, exact: bool = False) -> tuple[nn.Module, nn.Module, dict | None]:
-    """(the model as deployed, the unfused packed model, the fusion summary): fused unless ``exact``."""
-    packed = deploy.packed_model(model)
+def deployed(model: nn.Module, exact: bool = False, isa: str | None = None) -> tuple[nn.Module, nn.Module, dict | None]:
+    """(the model as deployed, the unfused packed model, the fusion summary): fused unless ``exact``; ``isa``
+    forces the kernels' instruction set (None: the CPU's best)."""
+    packed = deploy.packed_model(model, isa)
     if exact:
         return packed, packed, None
     fused, records = fusion.fuse(packed)
@@ -118,15 +120,15 @@ def deployed(model: nn.Module, exact: bool = False) -> tuple[nn.Module, nn.Modul
 
 
 def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
-            timing_batch: int | None = None, exact: bool = False) -> dict:
+            timing_batch: int | None = None, exact: bool = False, isa: str | None = None) -> dict:
     """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
     ``model`` (eval, CPU, channels_last) exported to the packed form, its blocks fused unless ``exact``;
     per-layer timings (each binary conv with its input packing, unfused) when ``layers``."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-    net, packed, fused = deployed(model, exact)
+    net, packed, fused = deployed(model, exact, isa)
     x = x.cpu().float()
     timed = x[:timing_batch] if timing_batch else x
-    out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(),
+    out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(isa),
            "path": "exact" if exact else "fused", "fusion": fused,
            "exact": deploy.check_exact(model, net, x).to_dict(),
            "end_to_end": bench_end_to_end(model, net, timed, rounds, warmup, None if exact else packed)}
@@ -135,11 +137,11 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
     return out
 
 
-def top1_agreement(model: nn.Module, batches, exact: bool = False) -> dict:
+def top1_agreement(model: nn.Module, batches, exact: bool = False, isa: str | None = None) -> dict:
     """Top-1 of the trained ``model`` and of its deployed form (fused unless ``exact``) on every image of
     ``batches`` ((images, labels) pairs): how many predictions agree and both accuracies."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-    net, _, _ = deployed(model, exact)
+    net, _, _ = deployed(model, exact, isa)
     images = same = right_trained = right_net = 0
     with torch.no_grad():
         for x, y in batches:
@@ -154,16 +156,16 @@ def top1_agreement(model: nn.Module, batches, exact: bool = False) -> dict:
 
 
 def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20,
-               exact: bool = False, test=None) -> dict:
+               exact: bool = False, test=None, isa: str | None = None) -> dict:
     """Measure a trained run's exported model (exactness on the images ``sample()`` returns, latency at
     batch 1, fused unless ``exact``; with ``test`` batches also :func:`top1_agreement` on all of them) and
     write ``deploy.json``; when it cannot be measured (kernels not built, a layer that is not 1-bit, no test
     batch) the file says why and the run stays done."""
     try:
         doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1,
-                                               exact=exact)}
+                                               exact=exact, isa=isa)}
         if test is not None:
-            doc["agreement"] = top1_agreement(model, test, exact)
+            doc["agreement"] = top1_agreement(model, test, exact, isa)
     except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
         doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     atomic_write_text(run_dir / DEPLOY, json.dumps(doc, indent=1))
