@@ -23,9 +23,10 @@ def test_bit_layout_by_hand():
     w = torch.ones(2, 70, 1, 1)
     w[1, 0], w[1, 69] = -1, -1                     # channel 69 is bit 5 of the second word
     packed = kernels.pack_weights(w).view(torch.int64)
-    assert packed.shape == (1, 1, 2, 32)
+    assert packed.shape == (1, 1, 2, 16)            # at most 16 output channels: blocks of 16 lanes
     assert packed[0, 0, :, 1].tolist() == [1, 1 << 5] and packed[0, 0, :, 0].tolist() == [0, 0]
     assert packed[0, 0, :, 2:].abs().sum() == 0     # padded output lanes: zero bits
+    assert kernels.pack_weights(torch.ones(17, 70, 3, 3)).shape == (1, 9, 2, 32)
 
 
 def test_padding_contributes_zero_at_the_borders():

@@ -97,29 +97,33 @@ class FusedBinaryConv2d(nn.Module):
         """The integer conv outputs (int32) of the input's signs: the exactness check's operand."""
         return self.conv.dot(x)
 
-    def _broadcast(self, residual: Tensor, packed_shape: torch.Size) -> Tensor:
-        """The residual broadcast to the output's shape, as the torch add did (a residual that would widen the
-        output is refused by name)."""
+    def _out_shape(self, packed_shape: torch.Size) -> tuple[int, int, int, int]:
         c = self.conv
         n, h, w, _ = packed_shape
         (kh, kw), s, p = c.kernel_size, c.stride, c.padding
-        out = (n, c.out_channels, (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1)
-        if tuple(residual.shape) == out:
-            return residual
-        if torch.broadcast_shapes(out, residual.shape) != torch.Size(out):
-            raise ValueError(f"fused binary conv: a residual of shape {tuple(residual.shape)} does not broadcast to "
-                             f"the conv's output {out}")
-        return residual.expand(out)
+        return n, c.out_channels, (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+
+    def _residual(self, residual: Tensor, packed_shape: torch.Size) -> Tensor:
+        """The residual as the kernel takes it (float32 NHWC), broadcast to the output's shape as the torch add
+        did (a residual that would widen the output is refused by name)."""
+        out = self._out_shape(packed_shape)
+        if tuple(residual.shape) != out:
+            if torch.broadcast_shapes(out, residual.shape) != torch.Size(out):
+                raise ValueError(f"fused binary conv: a residual of shape {tuple(residual.shape)} does not "
+                                 f"broadcast to the conv's output {out}")
+            residual = residual.expand(out)
+        return residual.float().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
     def forward(self, x: Tensor, residual: Tensor | None = None):
-        c = self.conv
+        c, ext = self.conv, kernels.ext()
         bits = x if x.dtype == torch.uint64 else \
-            kernels.ext().pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
-        if residual is not None:
-            residual = self._broadcast(residual.float(), bits.shape).contiguous(memory_format=torch.channels_last)
-        y, packed = kernels.binconv2d_fused(bits, c.packed_weight.view(c.packed_shape), c.in_channels,
-                                            c.out_channels, c.kernel_size, c.stride, c.padding, self.epilogue(),
-                                            residual, self.emit, c._isa)
+            ext.pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
+        res = self.slope.new_empty(0) if residual is None else self._residual(residual, bits.shape)
+        (kh, kw), w = c.kernel_size, c.packed_weight.view(c.packed_shape)
+        y, packed = ext.binconv2d_fused(bits, w, self.a, self.b, res, self.act, self.lo, self.hi, self.slope,
+                                        self.post, self.emit, c.in_channels, c.out_channels, kh, kw, c.stride,
+                                        c.padding, c._isa)
+        y = y.permute(0, 3, 1, 2)   # NHWC memory viewed as NCHW: channels_last
         return (y, packed) if self.emit else y
 
 

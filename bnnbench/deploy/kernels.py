@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 ISAS = ("portable", "avx2", "avx512")  # indices match the C++ enum
-LANES = 32                             # output channels per packed weight block (csrc/binconv.cpp kLanes)
+LANES = 32                             # output channels per packed weight block (csrc/binconv.cpp kLanes),
+SMALL_LANES = 16                       # or 16 for a layer of at most 16 output channels
 SOURCE = Path(__file__).with_name("csrc") / "binconv.cpp"
 
 
@@ -46,7 +47,8 @@ def _load():
         path = build_dir()
         path.mkdir(parents=True, exist_ok=True)
         return load(name="bnnbench_binconv", sources=[str(SOURCE)], build_directory=str(path),
-                    extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
+                    extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # a missing compiler/ninja or a build error: reported, never hidden
         return e
 
@@ -97,15 +99,17 @@ def pack_signs_along_channels(signs: Tensor) -> Tensor:
 
 
 def pack_weights(signs: Tensor) -> Tensor:
-    """Packed weight operand [ceil(C_out / 32), KH * KW, ceil(C_in / 64), 32] of a (C_out, C_in, KH, KW)
-    sign tensor (values +1/-1; output channels past C_out are zero bits and never stored)."""
+    """Packed weight operand [ceil(C_out / L), KH * KW, ceil(C_in / 64), L] of a (C_out, C_in, KH, KW) sign
+    tensor (values +1/-1), L = 32 lanes, or 16 when C_out <= 16 (output channels past C_out are zero bits and
+    never stored)."""
     c_out, c_in, kh, kw = signs.shape
-    blocks = -(-c_out // LANES)
-    padded = torch.ones(blocks * LANES, c_in, kh, kw, dtype=signs.dtype)
+    lanes = SMALL_LANES if c_out <= SMALL_LANES else LANES
+    blocks = -(-c_out // lanes)
+    padded = torch.ones(blocks * lanes, c_in, kh, kw, dtype=signs.dtype)
     padded[:c_out] = signs
-    per_tap = pack_signs_along_channels(padded.permute(0, 2, 3, 1).reshape(blocks * LANES, kh * kw, c_in))
+    per_tap = pack_signs_along_channels(padded.permute(0, 2, 3, 1).reshape(blocks * lanes, kh * kw, c_in))
     words = per_tap.shape[-1]  # (O, taps, words) -> (blocks, taps, words, lanes)
-    return per_tap.view(torch.int64).reshape(blocks, LANES, kh * kw, words).permute(0, 2, 3, 1).contiguous() \
+    return per_tap.view(torch.int64).reshape(blocks, lanes, kh * kw, words).permute(0, 2, 3, 1).contiguous() \
         .view(torch.uint64)
 
 

@@ -3,7 +3,8 @@
 // Operands (bnnbench/deploy/kernels.py packs them):
 //   activations  uint64 [N, H, W, Wd]            bit j of word k = (x[n, 64k + j, h, w] < 0)
 //   weights      uint64 [Ob, KH*KW, Wd, L]       bit j of word k = (W[o, 64k + j, ky, kx] < 0),
-//                                                o = ob * L + lane (output channels padded to L = 32)
+//                                                o = ob * L + lane (output channels padded to L = 32, or
+//                                                L = 16 for a layer of at most 16: no half-empty block)
 // A binary product is +1 when the two bits agree, -1 when they differ, so over the n valid input bits of
 // one output position:   dot = n - 2 * popcount(a XOR w).
 // Zero padding: a tap outside the input contributes 0 in the trained model (it pads after binarising),
@@ -12,7 +13,7 @@
 //
 // Instruction sets, chosen at run time (isa argument or the CPU's features): AVX-512 (F, BW, VL) with VPOPCNTDQ
 // (8 x 64-bit popcounts per instruction), AVX2 (nibble-table popcount, 4 x 64 bits), portable C++.
-// Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads).
+// Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads; OpenMP).
 // A CUDA path would take the same packed operands and use __popcll per 64-bit word.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -23,10 +24,11 @@
 
 namespace {
 
-constexpr int kLanes = 32;  // output channels per weight block (4 AVX-512 vectors of 8 x 64-bit)
+constexpr int kLanes = 32;  // most output channels per weight block (4 AVX-512 vectors of 8 x 64-bit); a layer
+                            // with at most 16 output channels packs blocks of 16 (Geometry::lanes)
 
 struct Geometry {
-  int64_t n, h, w, wd, c_in, c_out, kh, kw, stride, pad, oh, ow, blocks;
+  int64_t n, h, w, wd, c_in, c_out, kh, kw, stride, pad, oh, ow, blocks, lanes;
 };
 
 // What happens to the dot products of one output position (the fused binary block of
@@ -61,14 +63,14 @@ inline const uint64_t* act_at(const Geometry& g, const uint64_t* act, int64_t n,
 }
 
 inline const uint64_t* wt_at(const Geometry& g, const uint64_t* wt, int64_t ob, int64_t ky, int64_t kx) {
-  return wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * kLanes;
+  return wt + ((ob * g.kh * g.kw + ky * g.kw + kx) * g.wd) * g.lanes;
 }
 
 // Writes one output position's 32 lanes of one block: int32 dot products, or scale * dot (+ bias) as float
 // (a product, then a sum: the build turns off FMA contraction, so every path rounds alike).
 inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const Epilogue& e,
                   float* outf, int32_t* outi, int64_t pos) {
-  int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
+  int64_t o0 = ob * g.lanes, on = std::min<int64_t>(g.lanes, g.c_out - o0);
   for (int64_t l = 0; l < on; ++l) {
     int64_t dot = nvalid - 2 * counts[l];
     if (!outf) {
@@ -120,7 +122,7 @@ void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* w
           const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
           const uint64_t* w = wt_at(g, wt, ob, ky, kx);
           for (int64_t k = 0; k < g.wd; ++k)
-            for (int l = 0; l < kLanes; ++l) counts[l] += __builtin_popcountll(a[k] ^ w[k * kLanes + l]);
+            for (int64_t l = 0; l < g.lanes; ++l) counts[l] += __builtin_popcountll(a[k] ^ w[k * g.lanes + l]);
         }
       store(g, counts, nvalid, ob, e, outf, outi, pos);
     }
@@ -151,14 +153,15 @@ inline __m256i popcount_avx2(__m256i v) {  // 4 x 64-bit popcounts: nibble table
 
 // block_avx2 and block_avx512 have the same loop shape; each lives in its own target region (a template
 // shared by both would carry the target options of the place it is defined, not those of its intrinsics).
-template <int P>  // P output positions of one row sharing the same valid taps
+template <int P, int L>  // P output positions of one row sharing the same valid taps; L lanes per block
 inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                        int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
-  __m256i acc[P][8];
+  constexpr int R = L / 4;
+  __m256i acc[P][R];
   _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < 8; ++r) acc[p][r] = _mm256_setzero_si256();
+    for (int r = 0; r < R; ++r) acc[p][r] = _mm256_setzero_si256();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
       const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
@@ -168,8 +171,8 @@ inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* w
         _Pragma("GCC unroll 8")
         for (int p = 0; p < P; ++p) av[p] = _mm256_set1_epi64x(static_cast<long long>(a[p * g.stride * g.wd + k]));
         _Pragma("GCC unroll 8")
-        for (int r = 0; r < 8; ++r) {
-          __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kLanes + 4 * r));
+        for (int r = 0; r < R; ++r) {
+          __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * L + 4 * r));
           _Pragma("GCC unroll 8")
           for (int p = 0; p < P; ++p) acc[p][r] = _mm256_add_epi64(acc[p][r], popcount_avx2(_mm256_xor_si256(av[p], wv)));
         }
@@ -178,21 +181,22 @@ inline void block_avx2(const Geometry& g, const uint64_t* act, const uint64_t* w
   _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < 8; ++r) _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts[p] + 4 * r), acc[p][r]);
+    for (int r = 0; r < R; ++r) _mm256_storeu_si256(reinterpret_cast<__m256i*>(counts[p] + 4 * r), acc[p][r]);
 }
 #pragma GCC pop_options
 
 // ---------------------------------------------------------------- AVX-512 VPOPCNTDQ -----------------------
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")
-template <int P>
+template <int P, int L>
 inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t* wt, int64_t n, int64_t oy, int64_t ox,
                          int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi, int64_t ob, int64_t counts[][kLanes]) {
-  __m512i acc[P][4];
+  constexpr int R = L / 8;
+  __m512i acc[P][R];
   _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < 4; ++r) acc[p][r] = _mm512_setzero_si512();
+    for (int r = 0; r < R; ++r) acc[p][r] = _mm512_setzero_si512();
   for (int64_t ky = ylo; ky < yhi; ++ky)
     for (int64_t kx = xlo; kx < xhi; ++kx) {
       const uint64_t* a = act_at(g, act, n, oy, ox, ky, kx);
@@ -202,8 +206,8 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
         _Pragma("GCC unroll 8")
         for (int p = 0; p < P; ++p) av[p] = _mm512_set1_epi64(static_cast<long long>(a[p * g.stride * g.wd + k]));
         _Pragma("GCC unroll 8")
-        for (int r = 0; r < 4; ++r) {
-          __m512i wv = _mm512_loadu_si512(w + k * kLanes + 8 * r);
+        for (int r = 0; r < R; ++r) {
+          __m512i wv = _mm512_loadu_si512(w + k * L + 8 * r);
           _Pragma("GCC unroll 8")
           for (int p = 0; p < P; ++p) acc[p][r] = _mm512_add_epi64(acc[p][r], _mm512_popcnt_epi64(_mm512_xor_si512(av[p], wv)));
         }
@@ -212,13 +216,13 @@ inline void block_avx512(const Geometry& g, const uint64_t* act, const uint64_t*
   _Pragma("GCC unroll 8")
   for (int p = 0; p < P; ++p)
     _Pragma("GCC unroll 8")
-    for (int r = 0; r < 4; ++r) _mm512_storeu_si512(counts[p] + 8 * r, acc[p][r]);
+    for (int r = 0; r < R; ++r) _mm512_storeu_si512(counts[p] + 8 * r, acc[p][r]);
 }
 
 // The epilogue of one block: dot = nvalid - 2 * count, times the scale, as float; 8 lanes per vector.
 void store_avx512(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int64_t ob, const Epilogue& e,
                   float* outf, int32_t* outi, int64_t pos) {
-  int64_t o0 = ob * kLanes, on = std::min<int64_t>(kLanes, g.c_out - o0);
+  int64_t o0 = ob * g.lanes, on = std::min<int64_t>(g.lanes, g.c_out - o0);
   if (!outf) return store(g, counts, nvalid, ob, e, outf, outi, pos);
   const __m512i n = _mm512_set1_epi64(nvalid);
   for (int64_t r = 0; r * 8 < on; ++r) {
@@ -316,7 +320,8 @@ torch::Tensor pack_activations(torch::Tensor x, int64_t isa) {
   const float* xp = x.data_ptr<float>();
   uint64_t* op = out.data_ptr<uint64_t>();
   Isa use = resolve_isa(isa);
-  at::parallel_for(0, n * h, 1, [&](int64_t b, int64_t e) {
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, w * c));  // >= 16k values per thread
+  at::parallel_for(0, n * h, grain, [&](int64_t b, int64_t e) {
     if (use == Isa::avx512) pack_row_avx512(xp + b * w * c, op + b * w * wd, c, wd, (e - b) * w);
     else pack_row_portable(xp + b * w * c, op + b * w * wd, c, wd, (e - b) * w);
   });
@@ -327,13 +332,14 @@ torch::Tensor pack_activations(torch::Tensor x, int64_t isa) {
 Geometry geometry(const torch::Tensor& act, const torch::Tensor& wt, int64_t c_in, int64_t c_out, int64_t kh,
                   int64_t kw, int64_t stride, int64_t pad) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kUInt64 && act.is_contiguous(), "binconv2d: bad act");
-  TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == torch::kUInt64 && wt.is_contiguous() && wt.size(3) == kLanes,
-              "binconv2d: bad packed weights");
+  TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == torch::kUInt64 && wt.is_contiguous() &&
+              (wt.size(3) == kLanes || wt.size(3) == 16), "binconv2d: bad packed weights");
   TORCH_CHECK(stride >= 1 && pad >= 0, "binconv2d: stride must be >= 1 and padding >= 0");
   Geometry g{act.size(0), act.size(1), act.size(2), act.size(3), c_in, c_out, kh, kw, stride, pad,
-             (act.size(1) + 2 * pad - kh) / stride + 1, (act.size(2) + 2 * pad - kw) / stride + 1, wt.size(0)};
+             (act.size(1) + 2 * pad - kh) / stride + 1, (act.size(2) + 2 * pad - kw) / stride + 1, wt.size(0),
+             wt.size(3)};
   TORCH_CHECK(g.wd == (c_in + 63) / 64 && wt.size(2) == g.wd && wt.size(1) == kh * kw &&
-              g.blocks == (c_out + kLanes - 1) / kLanes, "binconv2d: operand shapes do not match");
+              g.blocks == (c_out + g.lanes - 1) / g.lanes, "binconv2d: operand shapes do not match");
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "binconv2d: the input is smaller than the kernel");
   return g;
 }
@@ -346,15 +352,26 @@ const float* per_channel(const torch::Tensor& t, int64_t c_out, const char* what
   return t.data_ptr<float>();
 }
 
-// Every output row through the chosen instruction set (rows shared out over ATen's threads).
+// Every output row through the chosen instruction set, rows shared out over ATen's OpenMP threads (the build
+// passes -fopenmp: without it at::parallel_for runs on one thread) in chunks of at least kMinRowWork
+// word x block x tap steps, about 1 us, so that a small layer is not split finer than a thread's start-up.
+constexpr int64_t kMinRowWork = 512;
+
 void run_rows(const Geometry& g, const uint64_t* ap, const uint64_t* wp, const Epilogue& e, float* of, int32_t* oi,
               Isa use) {
-  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t b, int64_t end) {
+  int64_t grain = std::max<int64_t>(1, kMinRowWork / std::max<int64_t>(1, g.ow * g.blocks * g.kh * g.kw * g.wd));
+  at::parallel_for(0, g.n * g.oh, grain, [&](int64_t b, int64_t end) {
     for (int64_t row = b; row < end; ++row) {
-      if (use == Isa::avx512)
-        conv_row_vector<block_avx512<1>, block_avx512<4>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi, row);
+      if (use == Isa::avx512 && g.lanes == 16)
+        conv_row_vector<block_avx512<1, 16>, block_avx512<4, 16>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi,
+                                                                                                  row);
+      else if (use == Isa::avx512)
+        conv_row_vector<block_avx512<1, 32>, block_avx512<4, 32>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi,
+                                                                                                  row);
+      else if (use == Isa::avx2 && g.lanes == 16)
+        conv_row_vector<block_avx2<1, 16>, block_avx2<4, 16>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
       else if (use == Isa::avx2)
-        conv_row_vector<block_avx2<1>, block_avx2<4>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
+        conv_row_vector<block_avx2<1, 32>, block_avx2<4, 32>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
       else conv_row_portable(g, ap, wp, e, of, oi, row);
     }
   });
