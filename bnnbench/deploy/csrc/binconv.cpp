@@ -256,29 +256,30 @@ void pack_row_avx512(const float* x, uint64_t* out, int64_t c, int64_t wd, int64
 }
 #pragma GCC pop_options
 
-// One output row with a vector block kernel: runs of 4 positions whose taps are all inside the input go
-// through the 4-position kernel (each weight load feeds 4 popcounts), the rest one at a time.
+// One output row with a vector block kernel: runs of RUN positions whose taps are all inside the input go
+// through the RUN-position kernel BR (each weight load feeds RUN popcounts), the rest one at a time. RUN = 4
+// on both paths (AVX2 at 1 and 2 measured no faster on ResNet-18's layers: its popcount, not spills, bounds it).
 template <void (*B1)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
-          void (*B4)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+          void (*BR)(const Geometry&, const uint64_t*, const uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
           void (*Store)(const Geometry&, int64_t*, int64_t, int64_t, const Epilogue&, float*, int32_t*, int64_t),
-          void (*Pack)(const float*, uint64_t*, int64_t, int64_t, int64_t)>
+          void (*Pack)(const float*, uint64_t*, int64_t, int64_t, int64_t), int RUN>
 void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const Epilogue& e,
                      float* outf, int32_t* outi, int64_t row) {
   int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
   tap_range(oy, g.stride, g.pad, g.kh, g.h, ylo, yhi);
-  int64_t counts[4][kLanes];
+  int64_t counts[RUN][kLanes];
   int64_t ox = 0;
   while (ox < g.ow) {
-    int64_t xlo, xhi, xlo4, xhi4;
+    int64_t xlo, xhi, xlor, xhir;
     tap_range(ox, g.stride, g.pad, g.kw, g.w, xlo, xhi);
-    tap_range(ox + 3, g.stride, g.pad, g.kw, g.w, xlo4, xhi4);
-    bool run4 = ox + 4 <= g.ow && xlo == 0 && xhi == g.kw && xlo4 == 0 && xhi4 == g.kw;
-    int P = run4 ? 4 : 1;
+    tap_range(ox + RUN - 1, g.stride, g.pad, g.kw, g.w, xlor, xhir);
+    bool run = ox + RUN <= g.ow && xlo == 0 && xhi == g.kw && xlor == 0 && xhir == g.kw;
+    int P = run ? RUN : 1;
     int64_t nvalid = g.c_in * (yhi - ylo) * (xhi - xlo);
     for (int64_t ob = 0; ob < g.blocks; ++ob) {
-      if (run4) B4(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
+      if (run) BR(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       else B1(g, act, wt, n, oy, ox, ylo, yhi, xlo, xhi, ob, counts);
       _Pragma("GCC unroll 8")
       for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, e, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
@@ -363,15 +364,15 @@ void run_rows(const Geometry& g, const uint64_t* ap, const uint64_t* wp, const E
   at::parallel_for(0, g.n * g.oh, grain, [&](int64_t b, int64_t end) {
     for (int64_t row = b; row < end; ++row) {
       if (use == Isa::avx512 && g.lanes == 16)
-        conv_row_vector<block_avx512<1, 16>, block_avx512<4, 16>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi,
+        conv_row_vector<block_avx512<1, 16>, block_avx512<4, 16>, store_avx512, pack_row_avx512, 4>(g, ap, wp, e, of, oi,
                                                                                                   row);
       else if (use == Isa::avx512)
-        conv_row_vector<block_avx512<1, 32>, block_avx512<4, 32>, store_avx512, pack_row_avx512>(g, ap, wp, e, of, oi,
+        conv_row_vector<block_avx512<1, 32>, block_avx512<4, 32>, store_avx512, pack_row_avx512, 4>(g, ap, wp, e, of, oi,
                                                                                                   row);
       else if (use == Isa::avx2 && g.lanes == 16)
-        conv_row_vector<block_avx2<1, 16>, block_avx2<4, 16>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
+        conv_row_vector<block_avx2<1, 16>, block_avx2<4, 16>, store, pack_row_portable, 4>(g, ap, wp, e, of, oi, row);
       else if (use == Isa::avx2)
-        conv_row_vector<block_avx2<1, 32>, block_avx2<4, 32>, store, pack_row_portable>(g, ap, wp, e, of, oi, row);
+        conv_row_vector<block_avx2<1, 32>, block_avx2<4, 32>, store, pack_row_portable, 4>(g, ap, wp, e, of, oi, row);
       else conv_row_portable(g, ap, wp, e, of, oi, row);
     }
   });
