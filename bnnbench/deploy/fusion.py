@@ -89,10 +89,6 @@ class FusedBinaryConv2d(nn.Module):
             self.register_buffer(name, empty if t is None else t.detach().float().reshape(c).contiguous())
         self.act, self.lo, self.hi = ACTS[chain.act], float(chain.clamp[0]), float(chain.clamp[1])
 
-    def epilogue(self) -> dict:
-        return {"scale": self.a, "bias": self.b, "act": self.act, "lo": self.lo, "hi": self.hi,
-                "slope": self.slope, "post": self.post}
-
     def dot(self, x: Tensor) -> Tensor:
         """The integer conv outputs (int32) of the input's signs: the exactness check's operand."""
         return self.conv.dot(x)
