@@ -98,6 +98,19 @@ def test_chains_are_found_from_the_graph_and_equal_the_torch_ops():
     assert deploy.check_exact(model, fused, x).exact
 
 
+def test_the_traced_graph_computes_what_the_fused_model_computes():
+    """fusion.Traced: the kernels as torch operators in a TorchScript trace, one trace per input shape."""
+    torch.manual_seed(1)
+    fused, _ = fusion.fuse(deploy.packed_model(Block().eval()))
+    traced = fusion.Traced(fused)
+    with torch.no_grad():
+        for n in (2, 1, 2):
+            x = torch.randn(n, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+            assert torch.equal(traced(x), fused(x))
+    assert len(traced._traces) == 2
+    assert kernels.ops().binconv2d_fused is not None   # torch.ops.bnnbench.*
+
+
 def test_what_cannot_fuse_stays_and_says_why():
     class Odd(nn.Module):
         def __init__(self):

@@ -147,7 +147,7 @@ def test_deploy_bench_command_writes_figures(tmp_path):
     want = {"avx512": "3.0", "avx2": "2.5"}[res["machine"]["isa"]]   # the targets of the path that ran
     assert [t["target"] for t in res["targets"]] == [f"cresnet20 batch 1 end to end >= {want}x FP32"]
     for c in res["cases"]:   # the fused path by default: every block of cResNet-20 fuses
-        assert c["path"] == "fused" and c["end_to_end"]["speedup_vs_unfused"] > 0
+        assert c["path"] == "fused" and c["end_to_end"]["speedup_vs_unfused"] > 0 and c["exact"]["traced_equal"]
         assert (c["fusion"]["binary_convs"], c["fusion"]["fused"], c["fusion"]["packed_links"]) == (18, 18, 17)
     assert main(["deploy-bench", "--arch", "cresnet20", "--rounds", "1", "--warmup", "0", "--exact", "--isa",
                  "portable", "--json", str(out)]) == 0

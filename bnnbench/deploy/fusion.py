@@ -27,6 +27,7 @@ untouched (:meth:`FusedBinaryConv2d.dot`, what :func:`bnnbench.deploy.packed.che
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -84,9 +85,8 @@ class FusedBinaryConv2d(nn.Module):
             b = b + s
         post = sum(chain.shifts_after) if chain.shifts_after else None
         slope = None if chain.slope is None else chain.slope.expand(c)
-        empty = torch.empty(0)
-        for name, t in (("a", a), ("b", b), ("slope", slope), ("post", post)):
-            self.register_buffer(name, empty if t is None else t.detach().float().reshape(c).contiguous())
+        for name, t in (("a", a), ("b", b), ("slope", slope), ("post", post)):   # absent: an empty tensor each
+            self.register_buffer(name, torch.empty(0) if t is None else t.detach().float().reshape(c).contiguous())
         self.act, self.lo, self.hi = ACTS[chain.act], float(chain.clamp[0]), float(chain.clamp[1])
 
     def dot(self, x: Tensor) -> Tensor:
@@ -111,12 +111,12 @@ class FusedBinaryConv2d(nn.Module):
         return residual.float().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
     def forward(self, x: Tensor, residual: Tensor | None = None):
-        c, ext = self.conv, kernels.ext()
+        c, ops = self.conv, kernels.ops()
         bits = x if x.dtype == torch.uint64 else \
-            ext.pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
+            ops.pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
         res = self.slope.new_empty(0) if residual is None else self._residual(residual, bits.shape)
         (kh, kw), w = c.kernel_size, c.packed_weight.view(c.packed_shape)
-        y, packed = ext.binconv2d_fused(bits, w, self.a, self.b, res, self.act, self.lo, self.hi, self.slope,
+        y, packed = ops.binconv2d_fused(bits, w, self.a, self.b, res, self.act, self.lo, self.hi, self.slope,
                                         self.post, self.emit, c.in_channels, c.out_channels, kh, kw, c.stride,
                                         c.padding, c._isa)
         y = y.permute(0, 3, 1, 2)   # NHWC memory viewed as NCHW: channels_last
@@ -257,6 +257,26 @@ def fuse(packed: nn.Module) -> tuple[nn.Module, list[FusionRecord]]:
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm, [records[n] for n in convs]
+
+
+class Traced(nn.Module):
+    """``model`` run as a TorchScript trace (``torch.jit.trace``), one per input shape: the kernels are torch
+    operators (``torch.ops.bnnbench``), so a fused graph runs without a Python frame per layer. A trace
+    records the shapes and the branches of the first call, hence one per shape; outputs equal the model's
+    (tested)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._traces: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._traces:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # TracerWarning: the shape checks are constants of this shape
+                self._traces[key] = torch.jit.trace(self.model.eval(), x, check_trace=False)
+        return self._traces[key](x)
 
 
 def summary(records: list[FusionRecord]) -> dict:

@@ -71,6 +71,13 @@ def ext():
     return mod
 
 
+def ops():
+    """The kernels as torch operators (``torch.ops.bnnbench``: ``pack_activations``, ``binconv2d_fused``), which
+    a traced graph can call; registered when the extension loads."""
+    ext()
+    return torch.ops.bnnbench
+
+
 def best_isa() -> str:
     """The fastest instruction set this CPU supports for the kernels."""
     return ISAS[ext().cpu_isa()]

@@ -2,9 +2,10 @@
 against FP32 on this CPU (``deploy.json`` in the run directory; the leaderboard's 1-bit columns read it).
 
 :func:`measure` times the packed model (``bnnbench/deploy/packed.py``) with its binary blocks fused
-(``bnnbench/deploy/fusion.py``; ``exact=True``: the unfused layer-by-layer path, bit for bit the trained
-model's floats) end to end against the same topology with FP32 convs, against the simulated binary model and
-(fused) against the unfused packed model, and optionally every binary conv on the input the model gives it;
+(``bnnbench/deploy/fusion.py``, run as a TorchScript trace; ``exact=True``: the unfused layer-by-layer path,
+bit for bit the trained model's floats) end to end against the same topology with FP32 convs, against the
+simulated binary model and (fused) against the unfused packed model, and optionally every binary conv on the
+input the model gives it;
 :func:`record_run` is the hook the runner hands the engine for every finished run.
 ``run_bench.py deploy-bench`` (``bnnbench/tools/deploy_bench.py``) uses the same functions.
 """
@@ -128,10 +129,15 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
     net, packed, fused = deployed(model, exact, isa)
     x = x.cpu().float()
     timed = x[:timing_batch] if timing_batch else x
+    run = net if exact else fusion.Traced(net)   # the fused graph without a Python frame per layer
+    exactness = deploy.check_exact(model, net, x).to_dict()
+    if not exact:
+        with torch.no_grad():
+            cl = timed.contiguous(memory_format=torch.channels_last)
+            exactness["traced_equal"] = bool(torch.equal(run(cl), net(cl)))
     out = {"batch": timed.shape[0], "input": list(x.shape[1:]), "machine": machine(isa),
-           "path": "exact" if exact else "fused", "fusion": fused,
-           "exact": deploy.check_exact(model, net, x).to_dict(),
-           "end_to_end": bench_end_to_end(model, net, timed, rounds, warmup, None if exact else packed)}
+           "path": "exact" if exact else "fused", "fusion": fused, "exact": exactness,
+           "end_to_end": bench_end_to_end(model, run, timed, rounds, warmup, None if exact else packed)}
     if layers:
         out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
     return out

@@ -16,6 +16,7 @@
 // Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads; OpenMP).
 // A CUDA path would take the same packed operands and use __popcll per 64-bit word.
 #include <torch/extension.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cstdint>
@@ -84,15 +85,18 @@ inline void store(const Geometry& g, int64_t counts[kLanes], int64_t nvalid, int
 
 void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels);
 
-// The rest of the epilogue on `count` finished positions from `pos` (every output channel written):
-// residual, activation, post shift, then the packed signs. One loop per step, so that each vectorises.
-void finish_positions(const Geometry& g, const Epilogue& e, float* outf, int64_t pos, int64_t count,
+// The rest of the epilogue on `count` finished positions from `pos` (every output channel written; the row
+// loops call it once per output row): residual, activation, post shift, then the packed signs. One loop per
+// step, so that each vectorises; compiled for AVX-512 and for the baseline, chosen at load time (element-wise
+// adds, compares and products round alike in both, so every ISA path gives the same floats).
+__attribute__((target_clones("avx512f", "default")))
+void finish_positions(const Geometry& g, const Epilogue& e, float* __restrict outf, int64_t pos, int64_t count,
                       void (*pack)(const float*, uint64_t*, int64_t, int64_t, int64_t)) {
   const int64_t c = g.c_out;
   for (int64_t p = pos; p < pos + count; ++p) {
-    float* y = outf + p * c;
+    float* __restrict y = outf + p * c;
     if (e.residual) {
-      const float* r = e.residual + p * c;
+      const float* __restrict r = e.residual + p * c;
       for (int64_t o = 0; o < c; ++o) y[o] += r[o];
     }
     if (e.act == 1) {
@@ -126,8 +130,8 @@ void conv_row_portable(const Geometry& g, const uint64_t* act, const uint64_t* w
         }
       store(g, counts, nvalid, ob, e, outf, outi, pos);
     }
-    if (outf && e.per_position()) finish_positions(g, e, outf, pos, 1, pack_row_portable);
   }
+  if (outf && e.per_position()) finish_positions(g, e, outf, (n * g.oh + oy) * g.ow, g.ow, pack_row_portable);
 }
 
 void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels) {
@@ -284,9 +288,9 @@ void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt,
       _Pragma("GCC unroll 8")
       for (int p = 0; p < P; ++p) Store(g, counts[p], nvalid, ob, e, outf, outi, (n * g.oh + oy) * g.ow + ox + p);
     }
-    if (outf && e.per_position()) finish_positions(g, e, outf, (n * g.oh + oy) * g.ow + ox, P, Pack);
     ox += P;
   }
+  if (outf && e.per_position()) finish_positions(g, e, outf, (n * g.oh + oy) * g.ow, g.ow, Pack);
 }
 
 enum class Isa { portable = 0, avx2 = 1, avx512 = 2 };
@@ -432,6 +436,20 @@ torch::Tensor binconv2d_float(torch::Tensor x, torch::Tensor wt, torch::Tensor s
                               int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t isa) {
   TORCH_CHECK(x.size(1) == c_in, "binconv2d_float: the input has ", x.size(1), " channels, the layer ", c_in);
   return binconv2d(pack_activations(x, isa), wt, scale, c_in, c_out, kh, kw, stride, pad, isa);
+}
+
+// The same functions as torch operators (torch.ops.bnnbench.*): a traced graph (bnnbench/deploy/fusion.py,
+// traced) calls them without a Python frame per layer.
+TORCH_LIBRARY(bnnbench, m) {
+  m.def("pack_activations(Tensor x, int isa) -> Tensor");
+  m.def("binconv2d_fused(Tensor act, Tensor wt, Tensor scale, Tensor bias, Tensor residual, int activation, "
+        "float lo, float hi, Tensor slope, Tensor post, bool emit_packed, int c_in, int c_out, int kh, int kw, "
+        "int stride, int pad, int isa) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(bnnbench, CPU, m) {
+  m.impl("pack_activations", &pack_activations);
+  m.impl("binconv2d_fused", &binconv2d_fused);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
