@@ -89,6 +89,11 @@ class FusedBinaryConv2d(nn.Module):
             self.register_buffer(name, torch.empty(0) if t is None else t.detach().float().reshape(c).contiguous())
         self.act, self.lo, self.hi = ACTS[chain.act], float(chain.clamp[0]), float(chain.clamp[1])
 
+    def epilogue(self) -> dict:
+        """The epilogue's operands as :func:`bnnbench.deploy.kernels.binconv2d_fused` takes them."""
+        return {"scale": self.a, "bias": self.b, "act": self.act, "lo": self.lo, "hi": self.hi,
+                "slope": self.slope, "post": self.post}
+
     def dot(self, x: Tensor) -> Tensor:
         """The integer conv outputs (int32) of the input's signs: the exactness check's operand."""
         return self.conv.dot(x)
@@ -100,26 +105,24 @@ class FusedBinaryConv2d(nn.Module):
         return n, c.out_channels, (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
 
     def _residual(self, residual: Tensor, packed_shape: torch.Size) -> Tensor:
-        """The residual as the kernel takes it (float32 NHWC), broadcast to the output's shape as the torch add
-        did (a residual that would widen the output is refused by name)."""
+        """The residual as the kernel takes it (float32, channels_last), broadcast to the output's shape as the
+        torch add did (a residual that would widen the output is refused by name)."""
         out = self._out_shape(packed_shape)
         if tuple(residual.shape) != out:
             if torch.broadcast_shapes(out, residual.shape) != torch.Size(out):
                 raise ValueError(f"fused binary conv: a residual of shape {tuple(residual.shape)} does not "
                                  f"broadcast to the conv's output {out}")
             residual = residual.expand(out)
-        return residual.float().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        return residual.float().contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, residual: Tensor | None = None):
-        c, ops = self.conv, kernels.ops()
+        c = self.conv
         bits = x if x.dtype == torch.uint64 else \
-            ops.pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
-        res = self.slope.new_empty(0) if residual is None else self._residual(residual, bits.shape)
-        (kh, kw), w = c.kernel_size, c.packed_weight.view(c.packed_shape)
-        y, packed = ops.binconv2d_fused(bits, w, self.a, self.b, res, self.act, self.lo, self.hi, self.slope,
-                                        self.post, self.emit, c.in_channels, c.out_channels, kh, kw, c.stride,
-                                        c.padding, c._isa)
-        y = y.permute(0, 3, 1, 2)   # NHWC memory viewed as NCHW: channels_last
+            kernels.ops().pack_activations(x.float().contiguous(memory_format=torch.channels_last), c._isa)
+        res = None if residual is None else self._residual(residual, bits.shape)
+        y, packed = kernels.binconv2d_fused(bits, c.packed_weight.view(c.packed_shape), c.in_channels,
+                                            c.out_channels, c.kernel_size, c.stride, c.padding, self.epilogue(),
+                                            res, self.emit, c._isa)
         return (y, packed) if self.emit else y
 
 

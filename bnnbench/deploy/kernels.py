@@ -151,10 +151,11 @@ def binconv2d_fused(packed_x: Tensor, packed_w: Tensor, in_channels: int, out_ch
     in one kernel call, and when ``emit_packed`` also the packed signs of ``y`` (the next binary conv's input).
     ``epilogue``: float32 contiguous (C_out,) tensors ``scale``, ``bias``, ``slope``, ``post`` (empty when
     absent), ``act`` (0 none, 1 clamp, 2 PReLU), ``lo``/``hi``; ``residual``: NCHW channels_last float32 or
-    None. Returns ``y`` NCHW (channels_last) and the packed signs [N, OH, OW, words] or None."""
+    None. Returns ``y`` NCHW (channels_last) and the packed signs [N, OH, OW, words] or None. Calls the torch
+    operator, so a traced graph records it."""
     e = epilogue
-    res = torch.empty(0) if residual is None else residual.permute(0, 2, 3, 1)
-    y, bits = ext().binconv2d_fused(packed_x, packed_w, e["scale"], e["bias"], res, e["act"], e["lo"], e["hi"],
+    res = e["scale"].new_empty(0) if residual is None else residual.permute(0, 2, 3, 1)
+    y, bits = ops().binconv2d_fused(packed_x, packed_w, e["scale"], e["bias"], res, e["act"], e["lo"], e["hi"],
                                     e["slope"], e["post"], emit_packed, in_channels, out_channels, kernel[0],
                                     kernel[1], stride, padding, isa)
     return y.permute(0, 3, 1, 2), (bits if emit_packed else None)

@@ -121,10 +121,11 @@ def deployed(model: nn.Module, exact: bool = False, isa: str | None = None) -> t
 
 
 def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3, layers: bool = True,
-            timing_batch: int | None = None, exact: bool = False, isa: str | None = None) -> dict:
+            timing_batch: int | None = None, exact: bool = False, isa: str | None = None, test=None) -> dict:
     """Exactness on the batch ``x`` and timings on its first ``timing_batch`` images (default: all) of a copy of
     ``model`` (eval, CPU, channels_last) exported to the packed form, its blocks fused unless ``exact``;
-    per-layer timings (each binary conv with its input packing, unfused) when ``layers``."""
+    per-layer timings (each binary conv with its input packing, unfused) when ``layers``; with ``test``
+    batches also :func:`top1_agreement` of the same deployed model on all of them (``agreement``)."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
     net, packed, fused = deployed(model, exact, isa)
     x = x.cpu().float()
@@ -140,14 +141,14 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
            "end_to_end": bench_end_to_end(model, run, timed, rounds, warmup, None if exact else packed)}
     if layers:
         out["layers"] = bench_layers(model, packed, timed, rounds, warmup)
+    if test is not None:
+        out["agreement"] = top1_agreement(model, net, test)
     return out
 
 
-def top1_agreement(model: nn.Module, batches, exact: bool = False, isa: str | None = None) -> dict:
-    """Top-1 of the trained ``model`` and of its deployed form (fused unless ``exact``) on every image of
-    ``batches`` ((images, labels) pairs): how many predictions agree and both accuracies."""
-    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
-    net, _, _ = deployed(model, exact, isa)
+def top1_agreement(model: nn.Module, net: nn.Module, batches) -> dict:
+    """Top-1 of the trained ``model`` and of its deployed form ``net`` on every image of ``batches``
+    ((images, labels) pairs): how many predictions agree and both accuracies."""
     images = same = right_trained = right_net = 0
     with torch.no_grad():
         for x, y in batches:
@@ -169,9 +170,7 @@ def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tenso
     batch) the file says why and the run stays done."""
     try:
         doc = {"status": "measured", **measure(model, sample(), rounds, 3, layers=False, timing_batch=1,
-                                               exact=exact, isa=isa)}
-        if test is not None:
-            doc["agreement"] = top1_agreement(model, test, exact, isa)
+                                               exact=exact, isa=isa, test=test)}
     except Exception as e:  # noqa: BLE001 - recorded for the leaderboard, not a failed run
         doc = {"status": "unavailable", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     atomic_write_text(run_dir / DEPLOY, json.dumps(doc, indent=1))

@@ -26,8 +26,8 @@
 
 namespace {
 
-constexpr int kLanes = 32;  // most output channels per weight block (4 AVX-512 vectors of 8 x 64-bit); a layer
-                            // with at most 16 output channels packs blocks of 16 (Geometry::lanes)
+constexpr int kLanes = 32;       // most output channels per weight block (4 AVX-512 vectors of 8 x 64-bit);
+constexpr int kSmallLanes = 16;  // a layer with at most 16 output channels packs blocks of 16 (Geometry::lanes)
 
 struct Geometry {
   int64_t n, h, w, wd, c_in, c_out, kh, kw, stride, pad, oh, ow, blocks, lanes;
@@ -345,7 +345,7 @@ Geometry geometry(const torch::Tensor& act, const torch::Tensor& wt, int64_t c_i
                   int64_t kw, int64_t stride, int64_t pad) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kUInt64 && act.is_contiguous(), "binconv2d: bad act");
   TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == torch::kUInt64 && wt.is_contiguous() &&
-              (wt.size(3) == kLanes || wt.size(3) == 16), "binconv2d: bad packed weights");
+              (wt.size(3) == kLanes || wt.size(3) == kSmallLanes), "binconv2d: bad packed weights");
   TORCH_CHECK(stride >= 1 && pad >= 0, "binconv2d: stride must be >= 1 and padding >= 0");
   Geometry g{act.size(0), act.size(1), act.size(2), act.size(3), c_in, c_out, kh, kw, stride, pad,
              (act.size(1) + 2 * pad - kh) / stride + 1, (act.size(2) + 2 * pad - kw) / stride + 1, wt.size(0),
@@ -374,16 +374,18 @@ void run_rows(const Geometry& g, const uint64_t* ap, const uint64_t* wp, const E
   int64_t grain = std::max<int64_t>(1, kMinRowWork / std::max<int64_t>(1, g.ow * g.blocks * g.kh * g.kw * g.wd));
   at::parallel_for(0, g.n * g.oh, grain, [&](int64_t b, int64_t end) {
     for (int64_t row = b; row < end; ++row) {
-      if (use == Isa::avx512 && g.lanes == 16)
-        conv_row_vector<block_avx512<1, 16>, block_avx512<4, 16>, store_avx512, pack_row_avx512, 4>(g, ap, wp, e, of, oi,
-                                                                                                  row);
+      if (use == Isa::avx512 && g.lanes == kSmallLanes)
+        conv_row_vector<block_avx512<1, kSmallLanes>, block_avx512<4, kSmallLanes>, store_avx512, pack_row_avx512,
+                        4>(g, ap, wp, e, of, oi, row);
       else if (use == Isa::avx512)
-        conv_row_vector<block_avx512<1, 32>, block_avx512<4, 32>, store_avx512, pack_row_avx512, 4>(g, ap, wp, e, of, oi,
-                                                                                                  row);
-      else if (use == Isa::avx2 && g.lanes == 16)
-        conv_row_vector<block_avx2<1, 16>, block_avx2<4, 16>, store, pack_row_portable, 4>(g, ap, wp, e, of, oi, row);
+        conv_row_vector<block_avx512<1, kLanes>, block_avx512<4, kLanes>, store_avx512, pack_row_avx512, 4>(
+            g, ap, wp, e, of, oi, row);
+      else if (use == Isa::avx2 && g.lanes == kSmallLanes)
+        conv_row_vector<block_avx2<1, kSmallLanes>, block_avx2<4, kSmallLanes>, store, pack_row_portable, 4>(
+            g, ap, wp, e, of, oi, row);
       else if (use == Isa::avx2)
-        conv_row_vector<block_avx2<1, 32>, block_avx2<4, 32>, store, pack_row_portable, 4>(g, ap, wp, e, of, oi, row);
+        conv_row_vector<block_avx2<1, kLanes>, block_avx2<4, kLanes>, store, pack_row_portable, 4>(g, ap, wp, e, of,
+                                                                                                  oi, row);
       else conv_row_portable(g, ap, wp, e, of, oi, row);
     }
   });
