@@ -46,6 +46,29 @@ def test_epilogue_is_its_formula_in_the_same_rounding_order(isa, act, stride):
     assert none is None and torch.equal(plain, dot * scale.view(1, -1, 1, 1))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_sharing_rows_and_channel_blocks_among_threads_changes_nothing(isa):
+    # 7 output rows do not divide among 2 or 3 threads: each row's 3 channel blocks are split too, and the
+    # activation and packing run after every block of a row is done
+    x, wt, (scale, bias, slope, post), g = operands(11, n=1, h=7, co=70)
+    residual = torch.randn(1, 70, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    e = {"scale": scale, "bias": bias, "act": fusion.ACTS["prelu"], "lo": -1.0, "hi": 1.0, "slope": slope,
+         "post": post}
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(kernels.binconv2d_fused(kernels.pack_activations(x, isa), kernels.pack_weights(wt), 70,
+                                                   70, (3, 3), 1, 1, e, residual, True, kernels.ISAS.index(isa)))
+    finally:
+        torch.set_num_threads(threads)
+    y = F.conv2d(x.sign(), wt, padding=1) * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1) + residual
+    y = torch.where(y > 0, y, y * slope.view(1, -1, 1, 1)) + post.view(1, -1, 1, 1)
+    for got, bits in results:
+        assert torch.equal(got, y) and torch.equal(bits, kernels.pack_activations(y, isa))
+
+
 def test_bad_epilogue_operands_are_named():
     x, wt, (scale, *_), _ = operands(1)
     px, pw = kernels.pack_activations(x), kernels.pack_weights(wt)

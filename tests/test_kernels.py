@@ -42,13 +42,18 @@ def test_padding_contributes_zero_at_the_borders():
 
 
 @pytest.mark.parametrize("shape", [
-    # n, c_in, h, w, c_out, k, stride, padding: ragged words and lanes, 4-position runs and borders
+    # n, c_in, h, w, c_out, k, stride, padding: ragged words and lanes, 4-position runs and borders; AVX2 sums
+    # bytes at >= 4 words per tap and widens every 31 words: across kernel rows (512) and within one (704: 33)
     (2, 16, 9, 13, 16, 3, 1, 1), (1, 70, 6, 11, 40, 3, 2, 1), (2, 128, 8, 8, 65, 3, 1, 1),
-    (1, 3, 5, 5, 7, 1, 1, 0), (1, 64, 7, 7, 33, 3, 2, 0), (1, 200, 4, 9, 3, 3, 1, 2), (1, 512, 3, 3, 32, 3, 2, 1)])
+    (1, 3, 5, 5, 7, 1, 1, 0), (1, 64, 7, 7, 33, 3, 2, 0), (1, 200, 4, 9, 3, 3, 1, 2), (1, 512, 3, 3, 32, 3, 2, 1),
+    (2, 256, 5, 9, 64, 3, 1, 1), (1, 704, 3, 8, 40, 3, 1, 1),
+    # few input channels (a part of one word per tap), a 5x5 and a 1x1 kernel
+    (1, 32, 9, 14, 40, 3, 2, 1), (2, 8, 6, 11, 16, 3, 1, 1), (1, 16, 7, 12, 33, 5, 1, 2), (1, 16, 6, 6, 8, 1, 1, 0)])
 def test_integer_outputs_equal_float_conv_of_signs(shape):
     n, c, h, w, co, k, s, p = shape
     g = torch.Generator().manual_seed(sum(shape))
     x, wt = torch.randn(n, c, h, w, generator=g), torch.randn(co, c, k, k, generator=g).sign()
+    wt[wt == 0] = 1  # a weight of exactly 0 (randn can draw it) is not binary
     ref = F.conv2d(x.sign(), wt, stride=s, padding=p)  # integers, exact in float32
     scale = torch.rand(co, generator=g) + 0.5
     for isa in ISAS:
