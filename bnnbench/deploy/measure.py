@@ -64,7 +64,8 @@ def conditions(load: dict, packed_times: list[float]) -> dict:
 
 
 def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> list[dict]:
-    """Each binary conv: packed (pack + popcount conv + scale) vs FP32 conv2d, on the layer's real input."""
+    """Each binary conv: packed (pack + popcount conv + scale) vs FP32 conv2d, on the layer's real input; each
+    timed call primed by an untimed call of the same layer (:func:`~bnnbench.deploy.timing.round_robin`)."""
     _, inputs = deploy.binary_inputs(model, x)
     packed_layers = dict(packed.named_modules())
     rows = []
@@ -79,7 +80,7 @@ def bench_layers(model: nn.Module, packed: nn.Module, x: torch.Tensor, rounds: i
                 "packed": lambda p=p, xin=xin: p(xin),
                 "fp32": lambda layer=layer, xin=xin, weight=weight: F.conv2d(
                     xin, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)},
-                rounds, warmup)
+                rounds, warmup, primed=True)
         ratio = paired_ratio(times["fp32"], times["packed"])
         rows.append({"layer": name, "input": list(xin.shape), "out_channels": layer.out_channels,
                      "kernel": list(layer.kernel_size), "stride": p.stride,
