@@ -116,6 +116,27 @@ def test_packed_model_computes_what_the_trained_model_computes(method, arch):
             (not layers[r.layer].inference_form().plain)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_every_backbone_fused_on_every_cpu_path_gives_the_same_integers_and_predictions(arch):
+    """The fused model (fusion.fuse) of each backbone with each kernel path this CPU has, forced: every fused
+    conv's integers equal the portable unfused layer's, logits within float tolerance, top-1 identical."""
+    model, x = model_for("xnor", arch)
+    ref_model = deploy.packed_model(model, isa="portable")
+    with torch.no_grad():
+        ref = ref_model(x)
+    layers = dict(binary_layers(model))
+    for isa in ISAS:
+        fused, records = fusion.fuse(deploy.packed_model(model, isa=isa))
+        assert any(r.unfused is None for r in records), (isa, records)
+        with torch.no_grad():
+            got = fused(x)
+        assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max()), isa
+        assert torch.equal(got.argmax(1), ref.argmax(1)), isa
+        for r in records:
+            x_in = torch.randn(2, layers[r.layer].in_channels, 9, 9)
+            assert torch.equal(fused.get_submodule(r.layer).dot(x_in), ref_model.get_submodule(r.layer).dot(x_in))
+
+
 def test_zero_activations_are_counted_and_follow_the_plus_one_convention():
     conv = METHODS.get("xnor")().conv(4, 2, 3, padding=1).eval()
     x = torch.randn(1, 4, 5, 5)
