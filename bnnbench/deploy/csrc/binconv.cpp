@@ -14,6 +14,7 @@
 // Instruction sets, chosen at run time (isa argument or the CPU's features): AVX-512 (F, BW, VL) with VPOPCNTDQ
 // (8 x 64-bit popcounts per instruction), AVX2 (nibble-table popcount, 4 x 64 bits), portable C++.
 // Every path computes the same integers. Threads: ATen's intra-op pool (torch.set_num_threads; OpenMP).
+// The ceiling of each path against FP32 on the same CPU: csrc/roofline.cpp (results/deploy/roofline.txt).
 // A CUDA path would take the same packed operands and use __popcll per 64-bit word.
 #include <torch/extension.h>
 #include <torch/library.h>
