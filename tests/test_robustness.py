@@ -169,6 +169,8 @@ def test_robustness_command_writes_resumes_and_the_report_shows_the_columns(trai
     args = ["robustness", *map(str, runs), "--data-root", str(data), "--epsilons", "0", "2", "--pgd-steps", "2",
             "--subset", "40", "--transfer-source", str(fp)]
     assert main(args) == 0
+    log = capsys.readouterr().out   # not a terminal: a line at every tenth of the work, besides the end table
+    assert log.count(" steps (") == 10 and f"robustness: {81 * len(runs)}/{81 * len(runs)} steps" in log
     docs = [RunDir(d).read_robustness() for d in runs]
     for doc in docs:
         assert doc["setup"]["images"] == 40 and doc["summary"]["complete"] and doc["summary"]["conditions"] == 75

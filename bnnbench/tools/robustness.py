@@ -72,6 +72,19 @@ def _by_eps(d: dict | None) -> str:
     return " ".join(f"{k}:{v:.1f}" for k, v in d.items()) if d else "-"
 
 
+def _stepper(bar: Progress, task, total: int, console):
+    """Advances the progress bar; where the console is no terminal (a log file), whose bar shows only at the
+    end, also prints a line at every tenth of the work, so that a background log shows progress."""
+    done = [0]
+
+    def step(label: str) -> None:
+        bar.update(task, description=label, advance=1)
+        done[0] += 1
+        if not console.is_terminal and done[0] * 10 // total > (done[0] - 1) * 10 // total:
+            console.print(f"robustness: {done[0]}/{total} steps ({label})", soft_wrap=True)
+    return step
+
+
 def run(args, console) -> int:
     request = request_of(args)
     dirs = finished_run_dirs(args.paths, lambda m: console.print(f"[yellow]{m}[/yellow]", soft_wrap=True),
@@ -80,10 +93,11 @@ def run(args, console) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     per_run = len(request.corruptions) * len(request.severities) + 3 * len(request.epsilons)
+    total = per_run * len(dirs)
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("robustness", total=per_run * len(dirs))
+        task = bar.add_task("robustness", total=total)
         evals, failed = evaluate_many(
-            dirs, data_root, device, request, lambda label: bar.update(task, description=label, advance=1),
+            dirs, data_root, device, request, _stepper(bar, task, total, console),
             lambda d, exc: console.print(f"[red]{d}[/red]: {exc}", soft_wrap=True))
     console.print(summary_table([(ev.rd.path, ev.doc) for ev in evals]))
     console.print(f"{len(evals)} runs evaluated, robustness.json in each run directory"
