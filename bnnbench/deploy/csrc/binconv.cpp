@@ -95,6 +95,8 @@ void store(const Geometry& g, int64_t (*counts)[kLanes], int64_t count, int64_t 
   }
 }
 
+// Sign packing of `pixels` rows of c floats into wd words each (one per instruction set; pack_kernel picks).
+using PackFn = void (*)(const float*, uint64_t*, int64_t, int64_t, int64_t);
 void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int64_t pixels);
 
 // The rest of the epilogue on `count` finished positions from `pos` (every output channel written; the row
@@ -103,7 +105,7 @@ void pack_row_portable(const float* x, uint64_t* out, int64_t c, int64_t wd, int
 // adds, compares and products round alike in both, so every ISA path gives the same floats).
 __attribute__((target_clones("avx512f", "default")))
 void finish_positions(const Geometry& g, const Epilogue& e, float* __restrict outf, int64_t pos, int64_t count,
-                      void (*pack)(const float*, uint64_t*, int64_t, int64_t, int64_t)) {
+                      PackFn pack) {
   // Local copies: read through `e` inside a loop, each value would be reloaded per element (a store to y
   // might alias it), which keeps the loops scalar (measured 4x slower).
   const int64_t c = g.c_out, act = e.act;
@@ -349,7 +351,7 @@ template <void (*B1)(const Geometry&, const uint64_t*, const uint64_t*, int64_t,
                      int64_t, int64_t, int64_t, int64_t (*)[kLanes]),
           void (*Store)(const Geometry&, int64_t (*)[kLanes], int64_t, int64_t, int64_t, const Epilogue&, float*, int32_t*,
                         int64_t),
-          void (*Pack)(const float*, uint64_t*, int64_t, int64_t, int64_t), int RUN>
+          PackFn Pack, int RUN>
 void conv_row_vector(const Geometry& g, const uint64_t* act, const uint64_t* wt, const Epilogue& e,
                      float* outf, int32_t* outi, int64_t row, int64_t ob0, int64_t ob1, bool finish) {
   int64_t n = row / g.oh, oy = row % g.oh, ylo, yhi;
@@ -391,8 +393,6 @@ Isa resolve_isa(int64_t requested) {
               " is not supported by this CPU (best available: ", static_cast<int>(best), ")");
   return static_cast<Isa>(requested);
 }
-
-using PackFn = void (*)(const float*, uint64_t*, int64_t, int64_t, int64_t);
 
 PackFn pack_kernel(Isa use) {
   return use == Isa::avx512 ? pack_row_avx512 : use == Isa::avx2 ? pack_row_avx2 : pack_row_portable;
