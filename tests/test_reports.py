@@ -170,4 +170,35 @@ def test_deploy_bench_remeasures_finished_runs(matrix):
     assert doc["status"] == "measured" and doc["exact"]["exact"] and doc["exact"]["samples"] == 16
     agreement = doc["agreement"]
     assert agreement["same"] == agreement["images"] > 16 and doc["path"] == "fused"   # every test image
+    assert agreement["zero_sign"] == 0
     assert agreement["trained_top1"] == agreement["deployed_top1"]
+
+
+def test_top1_agreement_tells_zero_sign_images_from_faults(matrix):
+    """A prediction that differs is the sign(0) convention only on an image that gave a binary conv an input
+    exactly at its threshold; on any other image it is counted as a fault (deploy-bench --run fails)."""
+    from bnnbench.deploy.measure import top1_agreement
+    from bnnbench.engine.rebuild import trained_model
+    from bnnbench.nn.layers import binary_layers
+    run = sorted((matrix / "runs").iterdir())[0]
+    _, model, test = trained_model(run, matrix.parent / "data")
+    x, y = next(iter(test))
+    x, y = x[:6], y[:6]
+
+    class Rolled(torch.nn.Module):   # a deployed form whose top-1 differs from the trained model's on every image
+        def forward(self, inp):
+            return model(inp).roll(1, dims=1)
+
+    clean = top1_agreement(model, model, [(x, y)])
+    assert clean["same"] == 6 and clean["zero_sign"] == 0 and clean["trained_top1"] == clean["deployed_top1"]
+    faulty = top1_agreement(model, Rolled(), [(x, y)])
+    assert faulty["same"] == 0 and faulty["zero_sign"] == 0
+    _, first = next(iter(binary_layers(model)))
+    keep = torch.ones(6, 1, 1, 1)
+    keep[[1, 4]] = 0                  # images 1 and 4: every input of the first binary conv exactly 0
+    hook = first.register_forward_pre_hook(lambda mod, args: (args[0] * keep.to(args[0]),))
+    try:
+        zeroed = top1_agreement(model, Rolled(), [(x, y)])
+    finally:
+        hook.remove()
+    assert zeroed["same"] == 0 and zeroed["zero_sign"] == 2

@@ -149,18 +149,35 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
 
 def top1_agreement(model: nn.Module, net: nn.Module, batches) -> dict:
     """Top-1 of the trained ``model`` and of its deployed form ``net`` on every image of ``batches``
-    ((images, labels) pairs): how many predictions agree and both accuracies."""
-    images = same = right_trained = right_net = 0
-    with torch.no_grad():
-        for x, y in batches:
-            x = x.cpu().float().contiguous(memory_format=torch.channels_last)
-            a, b = model(x).argmax(1), net(x).argmax(1)
-            images += len(y)
-            same += int((a == b).sum())
-            right_trained += int((a == y).sum())
-            right_net += int((b == y).sum())
-    return {"images": images, "same": same, "trained_top1": 100 * right_trained / max(images, 1),
-            "deployed_top1": 100 * right_net / max(images, 1)}
+    ((images, labels) pairs): how many predictions agree, both accuracies, and ``zero_sign``: how many of the
+    disagreeing images gave some binary conv of the trained model an input exactly at its threshold. There
+    torch's sign is 0, which has no 1-bit form (the export packs +1, as :func:`bnnbench.deploy.packed.check_layer`
+    says), so such an image may change its prediction; any other disagreement is a fault of the export."""
+    images = same = zero_sign = right_trained = right_net = 0
+    for x, y in batches:
+        x = x.cpu().float().contiguous(memory_format=torch.channels_last)
+        logits, inputs = deploy.binary_inputs(model, x)
+        with torch.no_grad():
+            a, b = logits.argmax(1), net(x).argmax(1)
+        differ = a != b
+        if differ.any():
+            zero_sign += int((differ & _zero_sign_images(model, inputs)).sum())
+        images += len(y)
+        same += int((~differ).sum())
+        right_trained += int((a == y).sum())
+        right_net += int((b == y).sum())
+    return {"images": images, "same": same, "zero_sign": zero_sign,
+            "trained_top1": 100 * right_trained / max(images, 1), "deployed_top1": 100 * right_net / max(images, 1)}
+
+
+def _zero_sign_images(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per image of the batch: whether any binary conv's input sign is 0 (the input exactly at its threshold)."""
+    hit = None
+    for name, layer in binary_layers(model):
+        if name in inputs:
+            zero = (layer.inference_form().input_signs(inputs[name].float()) == 0).flatten(1).any(1)
+            hit = zero if hit is None else hit | zero
+    return hit if hit is not None else torch.zeros(0, dtype=torch.bool)
 
 
 def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20,

@@ -13,7 +13,9 @@ the same thread count for every case (``--threads``, default torch's):
   unfused layer-by-layer path instead (the trained model's floats bit for bit);
 * **exactness** (:func:`bnnbench.deploy.packed.check_exact`) on the same batch: integer outputs equal, logits
   within float tolerance (fused) or equal (``--exact``), top-1 compared one for one; with ``--run``, top-1 of
-  the trained and the deployed model on every test image (:func:`bnnbench.deploy.measure.top1_agreement`).
+  the trained and the deployed model on every test image (:func:`bnnbench.deploy.measure.top1_agreement`);
+  the command fails unless the integers are equal and every image whose prediction differs gave some binary
+  conv an input exactly at its threshold (torch's sign 0, which has no 1-bit form; the export packs +1).
 
 Timing is round-robin (``bnnbench/deploy/timing.py``): one call of each case per round, ratios paired within a
 round (median and quartiles). Models are the method's backbone at its initialisation (speed does not
@@ -152,11 +154,15 @@ def _run_stored(args, console) -> int:
             console.print(f"{d.name}: not measured: {doc['reason']}")
             continue
         e, x, a = doc["end_to_end"], doc["exact"], doc["agreement"]
-        ok = ok and x["exact"] and a["same"] == a["images"]
+        unexplained = a["images"] - a["same"] - a["zero_sign"]
+        ok = ok and x["exact"] and unexplained == 0
+        zeros = (f" ({a['zero_sign']} of the others with a binary input exactly 0: sign 0 when trained, +1 in 1 bit"
+                 f"{f'; {unexplained} not' if unexplained else ''})" if a["same"] < a["images"] else "")
         console.print(f"{d.name}: 1-bit ({doc['path']}) {1000 * e['packed']['median_s']:.3f} ms, FP32 "
                       f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
-                      f"top-1 same on {a['same']}/{a['images']} test images (trained {a['trained_top1']:.2f}%, "
-                      f"deployed {a['deployed_top1']:.2f}%); {describe_conditions(e['conditions'])}")
+                      f"top-1 same on {a['same']}/{a['images']} test images{zeros} (trained "
+                      f"{a['trained_top1']:.2f}%, deployed {a['deployed_top1']:.2f}%); "
+                      f"{describe_conditions(e['conditions'])}")
     return 0 if ok else 1
 
 
