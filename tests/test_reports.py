@@ -202,3 +202,12 @@ def test_top1_agreement_tells_zero_sign_images_from_faults(matrix):
     finally:
         hook.remove()
     assert zeroed["same"] == 0 and zeroed["zero_sign"] == 2
+
+
+def test_agreement_allows_sign_zero_images_and_the_fused_paths_rounding_only():
+    from bnnbench.deploy.measure import agreement_ok
+    doc = {"images": 10000, "same": 9990, "zero_sign": 4}           # 6 images differ without a zero input
+    assert agreement_ok(doc, "fused") and not agreement_ok(doc, "exact")
+    assert agreement_ok({**doc, "zero_sign": 10}, "exact")             # every difference has a sign-0 input
+    assert not agreement_ok({**doc, "same": 9980}, "fused")           # 16 > 1 in 1,000 of 10,000
+    assert agreement_ok({**doc, "same": 9986}, "fused") and not agreement_ok({**doc, "same": 9985}, "fused")

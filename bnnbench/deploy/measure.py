@@ -170,6 +170,20 @@ def top1_agreement(model: nn.Module, net: nn.Module, batches) -> dict:
             "trained_top1": 100 * right_trained / max(images, 1), "deployed_top1": 100 * right_net / max(images, 1)}
 
 
+FUSED_ROUNDING_SHARE = 1e-3   # of the test images: the most whose top-1 the fused epilogue's rounding may change
+
+
+def agreement_ok(agreement: dict, path: str) -> bool:
+    """Whether the deployed model's top-1 differs from the trained model's only where it may
+    (:func:`top1_agreement`): on images with a binary input exactly at its threshold (sign 0), and on the fused
+    path (``bnnbench/deploy/fusion.py``, BatchNorm and scale folded into one multiply-add that rounds
+    differently, so a pre-activation within rounding of its threshold may change sign) on at most
+    ``FUSED_ROUNDING_SHARE`` of the images besides. The unfused path computes the trained model's floats: no
+    other image may differ."""
+    other = agreement["images"] - agreement["same"] - agreement["zero_sign"]
+    return other <= (FUSED_ROUNDING_SHARE * agreement["images"] if path == "fused" else 0)
+
+
 def _zero_sign_images(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per image of the batch: whether any binary conv's input sign is 0 (the input exactly at its threshold)."""
     hit = None
