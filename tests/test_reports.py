@@ -156,6 +156,12 @@ def test_deploy_bench_command_writes_figures(tmp_path):
     assert res["machine"]["isa"] == case["machine"]["isa"] == "portable" and res["targets"] == []   # forced
     assert case["path"] == "exact" and case["fusion"] is None and "unfused" not in case["end_to_end"]
     assert case["exact"]["max_logit_diff"] == 0.0   # the unfused path: the trained model's floats
+    # a method none of whose blocks fuses (AdaBin: its extra terms) runs the packed model itself, not its trace
+    assert main(["deploy-bench", "--arch", "cresnet20", "--method", "adabin", "--rounds", "1", "--warmup", "0",
+                 "--json", str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["path"] == "exact" and case["fusion"]["fused"] == 0 and len(case["fusion"]["layers"]) == 18
+    assert all(r["unfused"] for r in case["fusion"]["layers"]) and "unfused" not in case["end_to_end"]
 
 
 def test_deploy_bench_remeasures_finished_runs(matrix):

@@ -191,9 +191,11 @@ def print_case(c: dict, console) -> None:
     x = c["exact"]
     if c.get("fusion"):
         f = c["fusion"]
+        gain = (f"unfused {1000 * e['unfused']['median_s']:.3f} ms ({e['speedup_vs_unfused']:.2f}x from fusion)"
+                if "unfused" in e else f"so the packed model runs unfused (first reason: "
+                f"{next((r['unfused'] for r in f['layers'] if r['unfused']), '-')})")
         console.print(f"{c['arch']}: {f['fused']} of {f['binary_convs']} binary convs fused, {f['packed_links']} "
-                      f"hand their packed signs to the next; unfused {1000 * e['unfused']['median_s']:.3f} ms "
-                      f"({e['speedup_vs_unfused']:.2f}x from fusion)")
+                      f"hand their packed signs to the next; {gain}")
     console.print(f"{c['arch']} batch {c['batch']} end to end: 1-bit ({c['path']}) "
                   f"{1000 * e['packed']['median_s']:.3f} ms, "
                   f"FP32 {1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x, IQR "
