@@ -145,3 +145,14 @@ def test_summary_matches_what_the_committed_runs_recorded():
     recorded = read_json(results[0])["ops"]
     _, totals = summarize("cresnet20", "ovsw")
     assert {k: totals[k] for k in recorded} == recorded
+
+
+def test_robustness_notes_show_only_with_their_columns(out):
+    tables = build_tables(collect(out, warn=print), BASELINE)
+    texts = {}
+    for ids in (None, ["method", "top1", "mca", "pgd"]):
+        console = Console(record=True, width=160)
+        print_console(tables, console, ids)
+        texts[bool(ids)] = console.export_text()
+    assert "Robustness on the first 1000 test images." in texts[True] and "mCA: mean top-1" in texts[True]
+    assert "Robustness on the first" not in texts[False] and "mCA" not in texts[False]

@@ -113,13 +113,16 @@ def print_console(tables: list[dict], console, ids: list[str] | None = None, wid
     more = f" Not shown in a terminal this narrow: {', '.join(dropped)}." if dropped else ""
     console.print(escape("; ".join(notes) + f". Full definitions and every column: leaderboard.md.{more}"),
                   style="dim")
-    if deploy_notes(tables):
-        console.print(escape(deploy_notes(tables)), style="yellow")
+    extra = deploy_notes(tables, robustness=any(h in _ROBUST for h in cols))
+    if extra:
+        console.print(escape(extra), style="yellow")
 
 
 #: the row label's narrowest width (longer labels wrap inside the cell)
 METHOD_MIN = 12
 _TERMINAL = {v[0]: v[1] for v in CONSOLE_COLUMNS.values()}
+#: the robustness columns' headers: their notes show only with them
+_ROBUST = {CONSOLE_COLUMNS[k][0] for k in ("mca", "rank_mca", "delta_mca", "pgd", "rank_pgd", "delta_pgd")}
 
 
 def _needed(widths: list[int]) -> int:

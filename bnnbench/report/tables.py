@@ -376,15 +376,17 @@ UNSTEADY_NOTE = ("* 1-bit ms of most of the row's runs was timed while other wor
                  "stays valid); run_bench.py deploy-bench --run RUN_DIR re-measures on a quiet machine.")
 
 
-def deploy_notes(tables: list[dict]) -> str:
-    """Why rows have no 1-bit figures (one line per distinct reason), what a starred latency means and why
-    rows have no robustness figures, or ''."""
+def deploy_notes(tables: list[dict], robustness: bool = True) -> str:
+    """Why rows have no 1-bit figures (one line per distinct reason), what a starred latency means and, unless
+    ``robustness`` is false (a view without those columns), the robustness subset and why rows have no
+    robustness figures; or ''."""
     reasons = sorted({r["deploy_note"] for t in tables for r in t["rows"] if r.get("deploy_note")})
     unsteady = any(r.get("deploy_unsteady") for t in tables for r in t["rows"])
-    robust = any(r.get("mca") is not None or r.get("pgd") is not None for t in tables for r in t["rows"])
+    robust = robustness and any(r.get("mca") is not None or r.get("pgd") is not None for t in tables
+                                for r in t["rows"])
     missing = sorted({f"{r['method']}: {r['robust_note']}" for t in tables for r in t["rows"]
                       if robust and r.get("robust_note")})
-    images = sorted({n for t in tables for r in t["rows"] for n in r.get("robust_images") or []})
+    images = sorted({n for t in tables for r in t["rows"] for n in r.get("robust_images") or []}) if robust else []
     return " ".join([f"1-bit columns empty: {why}." for why in reasons] + ([UNSTEADY_NOTE] if unsteady else [])
                     + ([f"Robustness on the first {', '.join(map(str, images))} test images."] if images else [])
                     + [f"No robustness figures for {m}." for m in missing])
