@@ -152,6 +152,7 @@ def test_what_cannot_fuse_stays_and_says_why():
     fused, (rec,) = fusion.fuse(model)
     assert rec.unfused == "its output goes to pool (MaxPool2d), not to BatchNorm2d/add/Hardtanh/PReLU"
     assert isinstance(fused.get_submodule("conv"), deploy.PackedBinaryConv2d)
+    assert fused is model   # nothing fused: the packed model itself, not a graph of it
     model = deploy.packed_model(Untraceable().eval())
     same, (rec,) = fusion.fuse(model)
     assert same is model and rec.unfused.startswith("the model cannot be traced by torch.fx (TraceError")

@@ -231,7 +231,8 @@ def _link_packed(gm: fx.GraphModule, fused: dict[fx.Node, FusionRecord]) -> None
 
 def fuse(packed: nn.Module) -> tuple[nn.Module, list[FusionRecord]]:
     """The packed model with every matching chain fused (a new module; ``packed`` is left as it was) and a
-    record per binary conv. A model the tracer cannot follow comes back unfused, each record saying why."""
+    record per binary conv. A model the tracer cannot follow, or none of whose convs fuses, comes back as
+    ``packed`` itself, each record saying why (its graph would only add a cost: AdaBin's 2x)."""
     convs = [n for n, m in packed.named_modules() if isinstance(m, PackedBinaryConv2d)]
     try:
         graph = _Tracer().trace(packed)
@@ -255,6 +256,8 @@ def fuse(packed: nn.Module) -> tuple[nn.Module, list[FusionRecord]]:
         gm.add_submodule(str(node.target), FusedBinaryConv2d(conv, chain))
         rec.absorbed, rec.residual = chain.names, chain.residual is not None
         fused[_replace(gm, chain, str(node.target))] = rec
+    if not fused:
+        return packed, [records[n] for n in convs]
     _link_packed(gm, fused)
     gm.graph.lint()
     gm.recompile()

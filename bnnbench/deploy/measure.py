@@ -129,8 +129,7 @@ def measure(model: nn.Module, x: torch.Tensor, rounds: int = 20, warmup: int = 3
     batches also :func:`top1_agreement` of the same deployed model on all of them (``agreement``)."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
     net, packed, fused = deployed(model, exact, isa)
-    if fused is not None and fused["fused"] == 0:   # nothing folded (the records say why): the traced graph of
-        exact, net = True, packed                     # the packed model only costs (AdaBin: 2x), so run that
+    exact = exact or net is packed   # nothing fused (fusion.fuse: the records say why): the unfused path
     x = x.cpu().float()
     timed = x[:timing_batch] if timing_batch else x
     run = net if exact else fusion.Traced(net)   # the fused graph without a Python frame per layer
@@ -163,7 +162,7 @@ def top1_agreement(model: nn.Module, net: nn.Module, batches) -> dict:
             a, b = logits.argmax(1), net(x).argmax(1)
         differ = a != b
         if differ.any():
-            zero_sign += int((differ & _zero_sign_images(model, inputs)).sum())
+            zero_sign += int((differ & _zero_sign_images(model, inputs, len(differ))).sum())
         images += len(y)
         same += int((~differ).sum())
         right_trained += int((a == y).sum())
@@ -186,14 +185,14 @@ def agreement_ok(agreement: dict, path: str) -> bool:
     return other <= (FUSED_ROUNDING_SHARE * agreement["images"] if path == "fused" else 0)
 
 
-def _zero_sign_images(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per image of the batch: whether any binary conv's input sign is 0 (the input exactly at its threshold)."""
-    hit = None
+def _zero_sign_images(model: nn.Module, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """Per image of the batch of ``n``: whether any binary conv's input sign is 0 (the input exactly at its
+    threshold)."""
+    hit = torch.zeros(n, dtype=torch.bool)
     for name, layer in binary_layers(model):
         if name in inputs:
-            zero = (layer.inference_form().input_signs(inputs[name].float()) == 0).flatten(1).any(1)
-            hit = zero if hit is None else hit | zero
-    return hit if hit is not None else torch.zeros(0, dtype=torch.bool)
+            hit |= (layer.inference_form().input_signs(inputs[name].float()) == 0).flatten(1).any(1)
+    return hit
 
 
 def record_run(run_dir: Path, model: nn.Module, sample: Callable[[], torch.Tensor], rounds: int = 20,

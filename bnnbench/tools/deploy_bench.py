@@ -156,10 +156,10 @@ def _run_stored(args, console) -> int:
             console.print(f"{d.name}: not measured: {doc['reason']}")
             continue
         e, x, a = doc["end_to_end"], doc["exact"], doc["agreement"]
-        other = a["images"] - a["same"] - a["zero_sign"]
-        ok = ok and x["exact"] and agreement_ok(a, doc["path"])
+        other, allowed = a["images"] - a["same"] - a["zero_sign"], agreement_ok(a, doc["path"])
+        ok = ok and x["exact"] and allowed
         zeros = (f" ({a['zero_sign']} of the others with a binary input exactly 0, sign 0 when trained and +1 in 1 bit;"
-                 f" {other} without" + ("" if agreement_ok(a, doc["path"]) else ": more than the path allows") + ")"
+                 f" {other} without" + ("" if allowed else ": more than the path allows") + ")"
                  if a["same"] < a["images"] else "")
         console.print(f"{d.name}: 1-bit ({doc['path']}) {1000 * e['packed']['median_s']:.3f} ms, FP32 "
                       f"{1000 * e['fp32']['median_s']:.3f} ms ({e['speedup_vs_fp32']:.2f}x); exact {x['exact']}, "
